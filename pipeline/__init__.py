@@ -1,0 +1,1 @@
+"""Tracked re-creation of the transposed-convolution ("deconvolution") MNIST tutorial."""
