@@ -1,0 +1,31 @@
+"""DVC stage `fetch`: download the dataset's four IDX files, checksum-verified, into <out>/<dataset>/."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.config import load_params
+from pipeline.datasets import fetch_dataset, resolve_dataset
+from pipeline.stages import run_stage
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.stages.fetch", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--out", default="data/raw", type=Path, help="raw data root (default: data/raw)")
+    parser.add_argument("--no-progress", action="store_true", help="no download progress bars")
+    args = parser.parse_args(argv)
+
+    data = load_params(args.params).data
+    dataset = resolve_dataset(data.dataset, data.sha256)
+    dest = args.out / dataset.name
+    paths = fetch_dataset(
+        dataset, data.mirrors, dest, timeout=data.timeout_seconds, progress=not args.no_progress
+    )
+    total = sum(p.stat().st_size for p in paths.values())
+    print(f"fetched {dataset.name}: {len(paths)} files verified in {dest} ({total} bytes)")
+
+
+if __name__ == "__main__":
+    run_stage(main)
