@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -86,7 +86,7 @@ class Dense(_Weighted):
 
 
 Layer = Annotated[
-    Union[Conv, ConvTranspose, Upsample, MaxPool, Dropout, BatchNorm, Flatten, Dense],
+    Conv | ConvTranspose | Upsample | MaxPool | Dropout | BatchNorm | Flatten | Dense,
     Field(discriminator="type"),
 ]
 LAYER_TYPES = ("conv", "conv_transpose", "upsample", "max_pool", "dropout", "batch_norm", "flatten", "dense")

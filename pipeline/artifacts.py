@@ -1,0 +1,94 @@
+"""The files stages hand to each other: prepared arrays, output folders written atomically, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import DataError
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The prepare stage's output: splits scaled to [0, 1], plus what they came from."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_valid: np.ndarray
+    y_valid: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: tuple[str, ...]
+    dataset: str
+    source_sha256: tuple[str, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_prepared(path: Path) -> Prepared:
+    """Read data/prepared/<dataset>.npz (no pickle)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return Prepared(
+                **{key: npz[key] for key in ("x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test")},
+                classes=tuple(str(c) for c in npz["classes"]),
+                dataset=str(npz["dataset"]),
+                source_sha256=tuple(str(s) for s in npz["source_sha256"]),
+            )
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: run the prepare stage first (dvc repro prepare)") from None
+    except (KeyError, ValueError, OSError) as exc:
+        raise DataError(f"{path} is not a prepared dataset ({exc}): rerun `dvc repro prepare`") from None
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a scratch folder that replaces `final` only if the block completes.
+
+    An interrupted or failed stage leaves no half-written output that DVC could mistake for a result.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        yield scratch
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(scratch, final)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: run the stage that writes it first (dvc repro)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}): rerun the stage that writes it") from None

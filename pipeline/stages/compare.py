@@ -1,0 +1,175 @@
+"""DVC stage compare: one table of every variant x seed run, a per-variant summary with paired tests,
+figures, and an MLflow summary run that points at the runs it summarizes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import artifacts, reporting, tracking
+from pipeline.config import ConvTranspose, Upsample, load_params
+from pipeline.figures import (
+    accuracy_vs_time_figure,
+    confusion_matrices_figure,
+    feature_maps_figure,
+    learning_curves_figure,
+)
+from pipeline.stages import run_stage
+
+FEATURE_MAP_IMAGES = 3
+
+
+def upsampling_layer_names(layers: list) -> list[str]:
+    """Keras layer names (see models.build_model) of every upsampling layer and the layer after an upsample."""
+    names = []
+    for index, layer in enumerate(layers):
+        if isinstance(layer, ConvTranspose | Upsample):
+            names.append(f"{index}_{layer.type}")
+        if isinstance(layer, Upsample) and index + 1 < len(layers):
+            names.append(f"{index + 1}_{layers[index + 1].type}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics"))
+    parser.add_argument("--plots", type=Path, default=Path("plots"))
+    parser.add_argument("--data", type=Path, required=True, help="data/prepared/<dataset>.npz")
+    parser.add_argument("--out", type=Path, default=Path("reports"))
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    records, histories, validations, matrices = [], {}, {}, {}
+    for variant in params.variants:
+        for seed in params.train.seeds:
+            run_dir = args.models / variant / f"seed-{seed}"
+            records.append(
+                {
+                    **artifacts.read_json(run_dir / "run.json"),
+                    **artifacts.read_json(args.metrics / variant / f"seed-{seed}.json"),
+                }
+            )
+            histories[variant, seed] = pd.read_csv(run_dir / "history.csv")
+            validations[variant, seed] = pd.read_csv(run_dir / "validation.csv")
+            pairs = pd.read_csv(args.plots / variant / f"seed-{seed}" / "confusion.csv")
+            matrices.setdefault(variant, []).append(pairs)
+    data = artifacts.load_prepared(args.data)
+    runs = reporting.runs_table(records, variant_order=list(params.variants))
+    summary = reporting.summarize(runs)
+
+    figures = {
+        "accuracy_vs_time.png": accuracy_vs_time_figure(summary),
+        "learning_curves_val_accuracy.png": learning_curves_figure(
+            reporting.learning_curves(validations, "val_accuracy"), "validation accuracy"
+        ),
+        "learning_curves_loss.png": learning_curves_figure(
+            _smoothed(reporting.learning_curves(histories, "loss")), "training loss (mean of 20 steps)"
+        ),
+        "confusion_matrices.png": confusion_matrices_figure(
+            {v: _confusion(pd.concat(p), data.classes) for v, p in matrices.items()}, data.classes
+        ),
+    }
+    maps_figure = _feature_maps(params, args.models, data.x_test[:FEATURE_MAP_IMAGES])
+    if maps_figure is not None:
+        figures["feature_maps.png"] = maps_figure
+
+    title = f"{data.dataset}, {len(params.train.seeds)} seeds, {params.train.steps} steps"
+    markdown = reporting.summary_markdown(summary, title=title)
+    metrics = {
+        row.variant: {
+            "test_accuracy_mean": row.test_accuracy_mean,
+            "test_accuracy_std": row.test_accuracy_std,
+            "diff_vs_baseline_mean": row.diff_vs_baseline_mean,
+            "p_value": row.p_value,
+            "train_seconds_mean": row.train_seconds_mean,
+        }
+        for row in summary.itertuples()
+    }
+    out = args.out
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out / "comparison.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(markdown)
+    artifacts.write_json(out / "summary.json", _finite(metrics))
+    curves = out / "curves"
+    curves.mkdir(exist_ok=True)
+    for column, source in (("val_accuracy", validations), ("loss", histories)):
+        long = reporting.learning_curves(source, column)
+        long.pivot(index="step", columns="variant", values="mean")[list(params.variants)].to_csv(
+            curves / f"{column}.csv"
+        )
+    for name, figure in figures.items():
+        figure.savefig(out / "figures" / name, dpi=100, bbox_inches="tight")
+
+    experiment_id = tracking.connect()
+    import mlflow
+
+    with tracking.tracked_run(experiment_id, name="summary", tags={"summary": "true"}) as run:
+        mlflow.log_params(
+            {"variants": ",".join(params.variants), "train.seeds": ",".join(map(str, params.train.seeds))}
+        )
+        mlflow.log_metrics(
+            {
+                f"{v}.{k}": value
+                for v, m in _finite(metrics).items()
+                for k, value in m.items()
+                if value is not None
+            }
+        )
+        mlflow.log_artifacts(str(out), artifact_path="reports")
+        mlflow.set_tag("summary.runs", ",".join(runs["run_id"]))
+        client = mlflow.MlflowClient()
+        for run_id in runs["run_id"]:
+            client.set_tag(run_id, "summary_run_id", run.info.run_id)
+    print(markdown, file=sys.stderr)
+
+
+def _confusion(pairs: pd.DataFrame, classes: tuple[str, ...]) -> np.ndarray:
+    table = pd.crosstab(pairs["actual"].astype(str), pairs["predicted"].astype(str))
+    return table.reindex(index=list(classes), columns=list(classes), fill_value=0).to_numpy()
+
+
+def _smoothed(curves: pd.DataFrame, window: int = 20) -> pd.DataFrame:
+    curves = curves.copy()
+    for column in ("mean", "std"):
+        curves[column] = curves.groupby("variant")[column].transform(
+            lambda s: s.rolling(window, min_periods=1).mean()
+        )
+    return curves
+
+
+def _finite(metrics: dict) -> dict:
+    """NaN is not JSON: None instead (DVC shows it as '-')."""
+    return {
+        v: {k: (None if isinstance(x, float) and np.isnan(x) else float(x)) for k, x in m.items()}
+        for v, m in metrics.items()
+    }
+
+
+def _feature_maps(params, models_dir: Path, images: np.ndarray):
+    """Activations after each upsampling layer, for the first seed of every variant that has one."""
+    maps: dict[str, np.ndarray] = {}
+    seed = params.train.seeds[0]
+    for variant, spec in params.variants.items():
+        names = upsampling_layer_names(spec.layers)
+        if not names:
+            continue
+        import keras
+
+        model = keras.saving.load_model(models_dir / variant / f"seed-{seed}" / "model.keras")
+        probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+        outputs = probe(images, training=False)
+        outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+        for name, output in zip(names, outputs, strict=True):
+            maps[f"{variant}: {name}"] = np.asarray(output)
+    return feature_maps_figure(images, maps) if maps else None
+
+
+if __name__ == "__main__":
+    run_stage(main)

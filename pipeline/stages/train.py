@@ -1,0 +1,148 @@
+"""DVC stage train@<variant>-<seed>: train one variant with one seed, tracked in MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import artifacts, models, tracking
+from pipeline.config import load_params
+from pipeline.errors import ConfigError, UserError
+from pipeline.stages import run_stage
+from pipeline.training import NonFiniteLossError, Trainer, TrainResult, seed_everything, train
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="data/prepared/<dataset>.npz")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, default=Path("models"))
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    if args.variant not in params.variants:
+        raise ConfigError(
+            f"variant {args.variant!r} is not in {args.params}; known: {', '.join(params.variants)}"
+        )
+    variant, config = params.variants[args.variant], params.train
+    data = artifacts.load_prepared(args.data)
+    infos = models.check_variant(args.variant, variant, data.input_shape, data.num_classes)
+    experiment_id = tracking.connect()  # fails fast when a tracking server is down
+
+    seed_everything(args.seed)
+    model = models.build_model(
+        variant, data.input_shape, data.num_classes, initializer=config.initializer, seed=args.seed
+    )
+    trainer = Trainer(model, config, data.x_train, data.y_train)
+    stage = f"train@{args.variant}-{args.seed}"
+    tags = tracking.run_tags(
+        variant=args.variant,
+        seed=args.seed,
+        stage=stage,
+        dataset=data.dataset,
+        dataset_sha256=",".join(data.source_sha256),
+    )
+    name = tracking.run_name(args.variant, args.seed)
+    logged = 0
+
+    def progress(result: TrainResult) -> None:
+        nonlocal logged
+        tracking.log_steps(
+            {"loss": result.loss[logged:], "accuracy": result.accuracy[logged:]}, result.steps[logged:]
+        )
+        logged = result.steps_done
+        if result.val_steps and result.val_steps[-1] == result.steps[-1]:
+            step = result.val_steps[-1]
+            tracking.log_steps(
+                {"val_loss": [result.val_loss[-1]], "val_accuracy": [result.val_accuracy[-1]]}, [step]
+            )
+            print(
+                f"{name}: step {step:>5}/{config.steps}  loss {result.loss[-1]:.4f}"
+                f"  minibatch accuracy {result.accuracy[-1]:.3f}  val_accuracy {result.val_accuracy[-1]:.4f}"
+                f"  ({result.images_per_second(config.batch_size):,.0f} images/s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    import mlflow
+
+    with tracking.tracked_run(experiment_id, name=name, tags=tags) as run:
+        mlflow.log_params(
+            {
+                "variant": args.variant,
+                "seed": args.seed,
+                "variant.layers": models.summarize_layers(variant),
+                **tracking.flatten("data", params.data.model_dump(exclude={"mirrors", "sha256"})),
+                **tracking.flatten("train", config.model_dump(exclude={"seeds"})),
+            }
+        )
+        try:
+            result = train(
+                trainer,
+                data.x_valid,
+                data.y_valid,
+                seed=args.seed,
+                on_chunk=progress,
+            )
+        except NonFiniteLossError as exc:
+            raise UserError(f"{name}: {exc}") from None
+        summary = {
+            "variant": args.variant,
+            "seed": args.seed,
+            "run_id": run.info.run_id,
+            "experiment_id": experiment_id,
+            "steps": result.steps_done,
+            "stopped_early_at": result.stopped_early_at,
+            "val_accuracy": result.val_accuracy[-1] if result.val_accuracy else None,
+            "train_seconds": result.train_seconds,
+            "trace_seconds": result.trace_seconds,
+            "validation_seconds": result.validation_seconds,
+            "train_images_per_second": result.images_per_second(config.batch_size),
+            "trainable_params": models.trainable_params(infos, variant),
+            "flops_per_image": models.flops_per_image(infos),
+            "peak_memory_mb": peak_memory_mb(),
+        }
+        with artifacts.atomic_dir(args.out / args.variant / f"seed-{args.seed}") as out:
+            model.save(out / "model.keras")
+            pd.DataFrame({"step": result.steps, "loss": result.loss, "accuracy": result.accuracy}).to_csv(
+                out / "history.csv", index=False
+            )
+            pd.DataFrame(
+                {"step": result.val_steps, "val_loss": result.val_loss, "val_accuracy": result.val_accuracy}
+            ).to_csv(out / "validation.csv", index=False)
+            artifacts.write_json(out / "spec.json", {"variant": args.variant, **variant.model_dump()})
+            artifacts.write_json(out / "run.json", summary)
+            mlflow.log_metrics({k: v for k, v in summary.items() if k in _METRICS and v is not None})
+            mlflow.log_artifact(str(out / "spec.json"))
+            tracking.log_keras_model(model, data.x_valid[:2] if len(data.x_valid) else data.x_train[:2])
+    print(
+        f"{name}: trained {result.steps_done} steps in {result.train_seconds:.1f}s"
+        f" ({summary['train_images_per_second']:,.0f} images/s), val_accuracy {summary['val_accuracy']:.4f}",
+        file=sys.stderr,
+    )
+
+
+_METRICS = (
+    "val_accuracy",
+    "train_seconds",
+    "trace_seconds",
+    "validation_seconds",
+    "train_images_per_second",
+    "trainable_params",
+    "flops_per_image",
+    "peak_memory_mb",
+)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,194 @@
+"""Everything MLflow: where the store is, run names and tags, what gets logged."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import TrackingError
+
+EXPERIMENT_NAME = "deconvolution"
+STORE_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+# dvc exp run --temp / --queue run the pipeline in a copy of the repo under this folder
+_DVC_EXP_TMP = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The user's project folder, also when DVC runs us in a temporary copy of it.
+
+    Runs from `dvc exp run --temp/--queue` must land in the same store as `dvc repro`, so a path
+    inside <root>/.dvc/tmp/exps/ maps back to <root>.
+    """
+    path = (start or Path.cwd()).resolve()
+    text = str(path) + os.sep
+    if _DVC_EXP_TMP in text:
+        return Path(text.split(_DVC_EXP_TMP, 1)[0])
+    return path
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else the embedded SQLite store in the project root."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{project_root(root) / STORE_FILE}"
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}/seed-{seed}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when a tracking server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http(s) only)
+            response.read(64)
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500:
+            raise TrackingError(
+                f"the MLflow tracking server at {uri} answered HTTP {exc.code}: check the server's log,"
+                " or unset MLFLOW_TRACKING_URI to use the embedded store"
+            ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"cannot reach the MLflow tracking server at {uri} ({reason}): start it (make server),"
+            " fix MLFLOW_TRACKING_URI, or unset it to use the embedded store"
+        ) from None
+
+
+def connect(root: Path | None = None) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns the experiment id."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(root)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME)
+    try:
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            location = None
+            if not os.environ.get("MLFLOW_TRACKING_URI"):
+                location = (project_root(root) / ARTIFACTS_DIR).as_uri()
+            try:
+                return mlflow.create_experiment(name, artifact_location=location)
+            except MlflowException:
+                experiment = mlflow.get_experiment_by_name(name)  # created concurrently by another stage
+                if experiment is None:
+                    raise
+        return experiment.experiment_id
+    except MlflowException as exc:
+        raise TrackingError(f"the MLflow store at {uri} cannot be used: {exc.message}") from None
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(*, variant: str, seed: int, stage: str, dataset: str, dataset_sha256: str) -> dict[str, str]:
+    """Tags that let a user find and group runs; never anything from the environment but DVC's names."""
+    tags = {
+        "variant": variant,
+        "seed": str(seed),
+        "dvc.stage": stage,
+        "dataset": dataset,
+        "dataset.sha256": dataset_sha256,
+        "git.commit": git_commit(),
+        "mlflow.source.git.commit": git_commit(),
+    }
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    if exp_name:
+        tags["dvc.experiment"] = exp_name
+    return tags
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """{'train': {'batch_size': 16}} -> {'train.batch_size': 16}: the same names as in params.yaml."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), item))
+        return out
+    if isinstance(value, list | tuple):
+        return {prefix: ",".join(str(v) for v in value)}
+    return {prefix: value}
+
+
+@contextmanager
+def tracked_run(
+    experiment_id: str,
+    *,
+    run_id: str | None = None,
+    name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[Any]:
+    """An MLflow run that ends FINISHED on success, KILLED on Ctrl-C/SIGTERM and FAILED on an error."""
+    import mlflow
+
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=name, tags=dict(tags or {}))
+    try:
+        yield run
+        mlflow.flush_async_logging()
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def log_steps(metrics: Mapping[str, list[float]], steps: list[int]) -> None:
+    """Log per-step series in batches (one call per 1000 values), not one call per value."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    run_id = mlflow.active_run().info.run_id
+    now = int(time.time() * 1000)
+    batch: list[Metric] = []
+    for key, values in metrics.items():
+        for step, value in zip(steps, values, strict=True):
+            batch.append(Metric(key, float(value), now, int(step)))
+            if len(batch) == 1000:
+                client.log_batch(run_id, metrics=batch, synchronous=False)
+                batch = []
+    if batch:
+        client.log_batch(run_id, metrics=batch, synchronous=False)
+
+
+def log_keras_model(model: Any, sample: Any) -> None:
+    """Log the model with its input/output signature (pip requirements given, not inferred: faster)."""
+    import keras
+    import mlflow
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(sample, model(sample, training=False).numpy())
+    mlflow.keras.log_model(
+        model,
+        name="model",
+        signature=signature,
+        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+    )

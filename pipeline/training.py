@@ -1,0 +1,225 @@
+"""Training: seeding, a compiled multi-step loop, periodic validation, timing."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.config import TrainConfig
+
+if TYPE_CHECKING:
+    import keras
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(
+            f"the training loss became NaN/inf at step {step}: lower train.learning_rate or check the data"
+        )
+        self.step = step
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced, besides the trained model itself."""
+
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0
+    trace_seconds: float = 0.0
+    validation_seconds: float = 0.0
+    stopped_early_at: int | None = None
+
+    @property
+    def steps_done(self) -> int:
+        return len(self.steps)
+
+    def images_per_second(self, batch_size: int) -> float:
+        return self.steps_done * batch_size / self.train_seconds if self.train_seconds else float("nan")
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same result on CPU: Python, NumPy and TensorFlow seeds plus deterministic ops."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def batch_order(num_examples: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
+    """Indices of every minibatch, shape (steps, batch_size): shuffled epochs, as the tutorial's next_batch.
+
+    Depends only on the seed, so two variants trained with one seed see the same data in the same order.
+    """
+    if num_examples < batch_size:
+        raise ValueError(f"batch_size {batch_size} is larger than the {num_examples} training examples")
+    rng = np.random.default_rng(seed)
+    per_epoch = num_examples // batch_size
+    epochs = math.ceil(steps / per_epoch)
+    order = np.concatenate([rng.permutation(num_examples)[: per_epoch * batch_size] for _ in range(epochs)])
+    return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    import keras
+
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(config.learning_rate)
+    return keras.optimizers.SGD(config.learning_rate)
+
+
+class Trainer:
+    """Runs many training steps per call in one compiled TensorFlow function.
+
+    At the tutorial's batch of 16 a step is mostly per-call overhead, so the loop over steps lives in
+    the graph and returns every step's loss and minibatch accuracy at once.
+    """
+
+    def __init__(self, model: keras.Model, config: TrainConfig, x_train: np.ndarray, y_train: np.ndarray):
+        import keras
+        import tensorflow as tf
+
+        self.model = model
+        self.config = config
+        self.optimizer = make_optimizer(config)
+        self.optimizer.build(model.trainable_variables)
+        self._x = tf.constant(x_train)
+        self._y = tf.constant(y_train.astype(np.int32))
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        variables = model.trainable_variables
+
+        def run_steps(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            count = tf.shape(indices)[0]
+            losses = tf.TensorArray(tf.float32, size=count)
+            accuracies = tf.TensorArray(tf.float32, size=count)
+            for i in tf.range(count):
+                x = tf.gather(self._x, indices[i])
+                y = tf.gather(self._y, indices[i])
+                with tf.GradientTape() as tape:
+                    logits = model(x, training=True)
+                    loss = loss_fn(y, logits)
+                    if model.losses:
+                        loss += tf.add_n(model.losses)
+                grads = tape.gradient(loss, variables)
+                self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+                correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+                losses = losses.write(i, loss)
+                accuracies = accuracies.write(i, tf.reduce_mean(tf.cast(correct, tf.float32)))
+            return losses.stack(), accuracies.stack()
+
+        def predict(x: tf.Tensor) -> tf.Tensor:
+            return model(x, training=False)
+
+        self._run_steps = tf.function(
+            run_steps, input_signature=[tf.TensorSpec([None, config.batch_size], tf.int32)]
+        )
+        self._predict = tf.function(
+            predict, input_signature=[tf.TensorSpec([None, *x_train.shape[1:]], tf.float32)]
+        )
+
+    def trace(self) -> float:
+        """Compile the graphs once, ahead of timing; returns the seconds it took."""
+        start = time.perf_counter()
+        self._run_steps.get_concrete_function()
+        self._predict.get_concrete_function()
+        return time.perf_counter() - start
+
+    def run_steps(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        losses, accuracies = self._run_steps(indices)
+        return losses.numpy(), accuracies.numpy()
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+        """Mean loss and accuracy over (x, y) in batches of any size."""
+        logits = predict_logits(self._predict, x, batch_size)
+        return cross_entropy_and_accuracy(logits, y)
+
+
+def predict_logits(predict: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits for every row of x, in batches; the last batch may be smaller (unlike the tutorial's TF1 graph)."""
+    outputs = [np.asarray(predict(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+
+
+def cross_entropy_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Mean softmax cross-entropy and accuracy, computed stably in float64."""
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    loss = -log_probs[np.arange(len(labels)), labels].mean()
+    accuracy = (logits.argmax(axis=1) == labels).mean()
+    return float(loss), float(accuracy)
+
+
+# validation speed only: results do not depend on it
+VALIDATION_BATCH_SIZE = 1000
+
+ProgressFn = Callable[[TrainResult], None]
+
+
+def train(
+    trainer: Trainer,
+    x_valid: np.ndarray,
+    y_valid: np.ndarray,
+    *,
+    seed: int,
+    eval_batch_size: int = VALIDATION_BATCH_SIZE,
+    on_chunk: ProgressFn | None = None,
+) -> TrainResult:
+    """Train for config.steps steps, validating after step 0 and every validation_every steps.
+
+    Steps are numbered from 0 like the tutorial's loop. With early_stopping_patience set, training stops
+    after that many validations without a better val_accuracy and the best weights are restored.
+    """
+    config = trainer.config
+    result = TrainResult()
+    result.trace_seconds = trainer.trace()
+    order = batch_order(len(trainer._y), config.batch_size, config.steps, seed)
+    # chunk boundaries: after step 0, then every validation_every steps, then the rest
+    bounds = sorted({0, *range(1, config.steps, config.validation_every), config.steps})
+    best, best_weights, since_best = -1.0, None, 0
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        t0 = time.perf_counter()
+        losses, accuracies = trainer.run_steps(order[start:stop])
+        result.train_seconds += time.perf_counter() - t0
+        result.steps.extend(range(start, stop))
+        result.loss.extend(losses.tolist())
+        result.accuracy.extend(accuracies.tolist())
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            raise NonFiniteLossError(start + int(bad[0]))
+        last = stop - 1
+        if last % config.validation_every == 0 or stop == config.steps:
+            t0 = time.perf_counter()
+            val_loss, val_accuracy = trainer.evaluate(x_valid, y_valid, eval_batch_size)
+            result.validation_seconds += time.perf_counter() - t0
+            result.val_steps.append(last)
+            result.val_loss.append(val_loss)
+            result.val_accuracy.append(val_accuracy)
+            if config.early_stopping_patience is not None and not math.isnan(val_accuracy):
+                if val_accuracy > best:
+                    best, best_weights, since_best = val_accuracy, trainer.model.get_weights(), 0
+                else:
+                    since_best += 1
+                    if since_best >= config.early_stopping_patience:
+                        result.stopped_early_at = last
+        if on_chunk is not None:
+            on_chunk(result)
+        if result.stopped_early_at is not None:
+            break
+    if best_weights is not None:
+        trainer.model.set_weights(best_weights)
+    return result
