@@ -143,9 +143,7 @@ class Params(Strict):
     def _variant_names(self) -> Params:
         for name in self.variants:
             if not name.replace("_", "").isalnum() or not name[0].isalpha():
-                raise ValueError(
-                    f"variant name {name!r} must start with a letter and use only letters, digits and '_'"
-                )
+                raise ValueError(f"variant name {name!r} must start with a letter and use only letters, digits and '_'")
         return self
 
 

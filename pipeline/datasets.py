@@ -157,9 +157,7 @@ def resolve_dataset(name: str, sha256: Mapping[str, str] | None = None) -> Datas
             "or declare your own IDX dataset's checksums under data.sha256"
         )
     if not _NAME_RE.match(name):
-        raise ConfigError(
-            f"data.dataset: {name!r} is not a usable dataset name: use letters, digits, '_', '-' or '.'"
-        )
+        raise ConfigError(f"data.dataset: {name!r} is not a usable dataset name: use letters, digits, '_', '-' or '.'")
     expected = list(IDX_FILES.values())
     missing = [f for f in expected if f not in sha256]
     extra = [f for f in sha256 if f not in expected]
@@ -177,9 +175,7 @@ def resolve_dataset(name: str, sha256: Mapping[str, str] | None = None) -> Datas
     for file_name in expected:
         digest = str(sha256[file_name]).strip().lower()
         if not _SHA256_RE.match(digest):
-            raise ConfigError(
-                f"data.sha256.{file_name}: {sha256[file_name]!r} is not a sha256 (64 hex digits)"
-            )
+            raise ConfigError(f"data.sha256.{file_name}: {sha256[file_name]!r} is not a sha256 (64 hex digits)")
         files.append(PinnedFile(file_name, digest))
     return Dataset(name=name, files=tuple(files), mirrors=(), classes=())
 
@@ -257,16 +253,13 @@ def _parse_mirror(mirror: str) -> _Mirror:
             raise ConfigError(f"data.mirrors: {text!r} names a remote host; use file:///absolute/path")
         directory = Path(url2pathname(unquote(parsed.path)))
     elif len(scheme) > 1:  # "ftp://", "s3://", ... (a one-letter scheme would be a Windows drive)
-        raise ConfigError(
-            f"data.mirrors: {text!r}: unsupported scheme {scheme!r}; each mirror must be {_ACCEPTED}"
-        )
+        raise ConfigError(f"data.mirrors: {text!r}: unsupported scheme {scheme!r}; each mirror must be {_ACCEPTED}")
     else:
         directory = Path(text).expanduser()
     directory = directory.resolve()
     if not directory.is_dir():
         raise ConfigError(
-            f"data.mirrors: {text!r} is not an existing directory ({directory}); "
-            f"each mirror must be {_ACCEPTED}"
+            f"data.mirrors: {text!r} is not an existing directory ({directory}); each mirror must be {_ACCEPTED}"
         )
     return _Mirror(text, directory=directory)
 
@@ -301,9 +294,7 @@ def _describe_http_error(exc: Exception, timeout: float) -> tuple[str, bool]:
     return f"{type(exc).__name__}: {exc}", False
 
 
-def _download_http(
-    url: str, target: Path, *, timeout: float, retries: int, progress: bool
-) -> tuple[str | None, int]:
+def _download_http(url: str, target: Path, *, timeout: float, retries: int, progress: bool) -> tuple[str | None, int]:
     """Download url into target with pooch; (None, attempts) on success, (reason, attempts) on failure."""
     import pooch  # lazily: keeps import of this module light
 
@@ -463,9 +454,7 @@ def read_idx(path: Path) -> np.ndarray:
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
-        raise DataError(
-            f"{path}: {what}: {len(data)} bytes, but dimensions {'x'.join(map(str, dims))} need {expected}"
-        )
+        raise DataError(f"{path}: {what}: {len(data)} bytes, but dimensions {'x'.join(map(str, dims))} need {expected}")
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
     return array.astype(dtype.newbyteorder("="), copy=True)
 
@@ -506,15 +495,11 @@ def load_raw(directory: Path, dataset: Dataset) -> tuple[np.ndarray, np.ndarray,
         image_file = directory / IDX_FILES[f"{split}_images"]
         label_file = directory / IDX_FILES[f"{split}_labels"]
         if images.ndim != 3 or images.dtype != np.uint8:
-            raise DataError(
-                f"{image_file}: expected uint8 images N x H x W, got {images.dtype} {images.shape}"
-            )
+            raise DataError(f"{image_file}: expected uint8 images N x H x W, got {images.dtype} {images.shape}")
         if labels.ndim != 1 or labels.dtype != np.uint8:
             raise DataError(f"{label_file}: expected uint8 labels N, got {labels.dtype} {labels.shape}")
         if len(images) != len(labels):
-            raise DataError(
-                f"{label_file}: {len(labels)} labels, but {image_file} holds {len(images)} images"
-            )
+            raise DataError(f"{label_file}: {len(labels)} labels, but {image_file} holds {len(images)} images")
         if shape is not None and images.shape[1:] != shape:
             raise DataError(
                 f"{image_file}: images are {images.shape[1]}x{images.shape[2]}, "

@@ -29,9 +29,7 @@ def evaluate_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int) ->
     loss, accuracy = cross_entropy_and_accuracy(logits, labels)
     matrix = confusion_matrix(labels, logits.argmax(axis=1), num_classes)
     totals = matrix.sum(axis=1)
-    per_class = tuple(
-        float(matrix[i, i] / totals[i]) if totals[i] else float("nan") for i in range(num_classes)
-    )
+    per_class = tuple(float(matrix[i, i] / totals[i]) if totals[i] else float("nan") for i in range(num_classes))
     return Evaluation(accuracy, loss, per_class, matrix)
 
 

@@ -116,12 +116,8 @@ def _draw_confusion(fig: Figure, ax, matrix: np.ndarray, classes: Sequence[str],
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
-    colorbar = fig.colorbar(
-        image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class (sqrt scale)"
-    )
-    colorbar.set_ticks(
-        [0, 0.01, 0.05, 0.1, 0.25, 0.5, 1], labels=["0", "0.01", "0.05", "0.1", "0.25", "0.5", "1"]
-    )
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class (sqrt scale)")
+    colorbar.set_ticks([0, 0.01, 0.05, 0.1, 0.25, 0.5, 1], labels=["0", "0.01", "0.05", "0.1", "0.25", "0.5", "1"])
 
 
 def confusion_matrices_figure(matrices: Mapping[str, np.ndarray], classes: Sequence[str]) -> Figure:
@@ -188,9 +184,7 @@ def feature_maps_figure(images: np.ndarray, maps: Mapping[str, np.ndarray], max_
     for layer, activations in maps.items():
         activations = np.asarray(activations)
         if activations.ndim != 4 or activations.shape[0] != k:
-            raise ValueError(
-                f"activations of layer {layer!r} have shape {activations.shape}, expected ({k}, h, w, c)"
-            )
+            raise ValueError(f"activations of layer {layer!r} have shape {activations.shape}, expected ({k}, h, w, c)")
         _, h, w, c = activations.shape
         for ch in range(min(c, max_channels)):
             columns.append((f"{layer}\nch {ch} ({h}×{w})", activations[..., ch]))

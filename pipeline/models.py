@@ -191,9 +191,7 @@ def build_model(
         kwargs: dict = {"name": name}
         if isinstance(layer, Conv | ConvTranspose | Dense):
             if initializer == "tutorial":
-                kwargs["kernel_initializer"] = keras.initializers.TruncatedNormal(
-                    stddev=0.1, seed=seed * 1000 + index
-                )
+                kwargs["kernel_initializer"] = keras.initializers.TruncatedNormal(stddev=0.1, seed=seed * 1000 + index)
                 kwargs["bias_initializer"] = keras.initializers.Constant(0.0 if weighted_index == 0 else 1.0)
             else:
                 kwargs["kernel_initializer"] = keras.initializers.GlorotUniform(seed=seed * 1000 + index)
@@ -219,9 +217,7 @@ def build_model(
         elif isinstance(layer, Upsample):
             x = keras.layers.UpSampling2D(layer.size, interpolation=layer.interpolation, **kwargs)(x)
         elif isinstance(layer, MaxPool):
-            x = keras.layers.MaxPooling2D(
-                layer.pool_size, strides=layer.strides, padding=layer.padding, **kwargs
-            )(x)
+            x = keras.layers.MaxPooling2D(layer.pool_size, strides=layer.strides, padding=layer.padding, **kwargs)(x)
         elif isinstance(layer, Dropout):
             x = keras.layers.Dropout(layer.rate, seed=seed * 1000 + index, **kwargs)(x)
         elif isinstance(layer, BatchNorm):

@@ -38,8 +38,7 @@ def prepare_arrays(
     n = len(train_images)
     if not 0 <= validation_size < n:
         raise ConfigError(
-            f"data.validation_size ({validation_size}) must be at least 0 and smaller than the "
-            f"{n} training images"
+            f"data.validation_size ({validation_size}) must be at least 0 and smaller than the {n} training images"
         )
     x_train_all = _images(train_images, "train_images")
     y_train_all = _labels(train_labels, train_images, "train_labels")

@@ -108,9 +108,7 @@ def runs_table(records: Iterable[Mapping], variant_order: Sequence[str] | None =
 
     duplicated = table.duplicated(["variant", "seed"], keep=False)
     if duplicated.any():
-        pairs = sorted(
-            {f"{v}/seed-{s}" for v, s in table.loc[duplicated, ["variant", "seed"]].itertuples(index=False)}
-        )
+        pairs = sorted({f"{v}/seed-{s}" for v, s in table.loc[duplicated, ["variant", "seed"]].itertuples(index=False)})
         raise DataError(f"more than one run for {', '.join(pairs)}")
 
     order = _ordered_variants(table["variant"], variant_order)
@@ -169,9 +167,7 @@ def summarize(runs: pd.DataFrame, baseline: str = "baseline", confidence: float 
     alpha = 1 - confidence
     variants = list(dict.fromkeys(runs["variant"]))
     has_baseline = baseline in variants
-    base_acc = (
-        runs.loc[runs["variant"] == baseline].set_index("seed")["test_accuracy"] if has_baseline else None
-    )
+    base_acc = runs.loc[runs["variant"] == baseline].set_index("seed")["test_accuracy"] if has_baseline else None
 
     rows = []
     for variant in variants:
@@ -287,9 +283,7 @@ def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
             ],
             f"accuracy {ci}": [
                 _interval(lo, hi)
-                for lo, hi in zip(
-                    summary["test_accuracy_ci_low"], summary["test_accuracy_ci_high"], strict=True
-                )
+                for lo, hi in zip(summary["test_accuracy_ci_low"], summary["test_accuracy_ci_high"], strict=True)
             ],
             f"vs baseline, pp [{ci}]": [
                 _diff_cell(m, lo, hi, verdict)

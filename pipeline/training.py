@@ -122,12 +122,8 @@ class Trainer:
         def predict(x: tf.Tensor) -> tf.Tensor:
             return model(x, training=False)
 
-        self._run_steps = tf.function(
-            run_steps, input_signature=[tf.TensorSpec([None, config.batch_size], tf.int32)]
-        )
-        self._predict = tf.function(
-            predict, input_signature=[tf.TensorSpec([None, *x_train.shape[1:]], tf.float32)]
-        )
+        self._run_steps = tf.function(run_steps, input_signature=[tf.TensorSpec([None, config.batch_size], tf.int32)])
+        self._predict = tf.function(predict, input_signature=[tf.TensorSpec([None, *x_train.shape[1:]], tf.float32)])
 
     def trace(self) -> float:
         """Compile the graphs once, ahead of timing; returns the seconds it took."""

@@ -115,12 +115,7 @@ def main(argv: list[str] | None = None) -> None:
             {"variants": ",".join(params.variants), "train.seeds": ",".join(map(str, params.train.seeds))}
         )
         mlflow.log_metrics(
-            {
-                f"{v}.{k}": value
-                for v, m in _finite(metrics).items()
-                for k, value in m.items()
-                if value is not None
-            }
+            {f"{v}.{k}": value for v, m in _finite(metrics).items() for k, value in m.items() if value is not None}
         )
         mlflow.log_artifacts(str(out), artifact_path="reports")
         mlflow.set_tag("summary.runs", ",".join(runs["run_id"]))
@@ -138,9 +133,7 @@ def _confusion(pairs: pd.DataFrame, classes: tuple[str, ...]) -> np.ndarray:
 def _smoothed(curves: pd.DataFrame, window: int = 20) -> pd.DataFrame:
     curves = curves.copy()
     for column in ("mean", "std"):
-        curves[column] = curves.groupby("variant")[column].transform(
-            lambda s: s.rolling(window, min_periods=1).mean()
-        )
+        curves[column] = curves.groupby("variant")[column].transform(lambda s: s.rolling(window, min_periods=1).mean())
     return curves
 
 

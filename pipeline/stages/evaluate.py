@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                 for _ in range(int(result.confusion[t, p]))
             ]
             pd.DataFrame(pairs, columns=["actual", "predicted"]).to_csv(plots / "confusion.csv", index=False)
-            title = (
-                f"{tracking.run_name(run['variant'], run['seed'])}: test accuracy {result.test_accuracy:.2%}"
-            )
+            title = f"{tracking.run_name(run['variant'], run['seed'])}: test accuracy {result.test_accuracy:.2%}"
             confusion_matrix_figure(result.confusion, data.classes, title).savefig(
                 plots / "confusion.png", dpi=100, bbox_inches="tight"
             )

@@ -20,9 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     data = load_params(args.params).data
     dataset = resolve_dataset(data.dataset, data.sha256)
     dest = args.out / dataset.name
-    paths = fetch_dataset(
-        dataset, data.mirrors, dest, timeout=data.timeout_seconds, progress=not args.no_progress
-    )
+    paths = fetch_dataset(dataset, data.mirrors, dest, timeout=data.timeout_seconds, progress=not args.no_progress)
     total = sum(p.stat().st_size for p in paths.values())
     print(f"fetched {dataset.name}: {len(paths)} files verified in {dest} ({total} bytes)")
 

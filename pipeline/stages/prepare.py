@@ -18,9 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.stages.prepare", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--raw", default="data/raw", type=Path, help="raw data root (default: data/raw)")
-    parser.add_argument(
-        "--out", default="data/prepared", type=Path, help="output dir (default: data/prepared)"
-    )
+    parser.add_argument("--out", default="data/prepared", type=Path, help="output dir (default: data/prepared)")
     args = parser.parse_args(argv)
 
     data = load_params(args.params).data

@@ -31,9 +31,7 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     if args.variant not in params.variants:
-        raise ConfigError(
-            f"variant {args.variant!r} is not in {args.params}; known: {', '.join(params.variants)}"
-        )
+        raise ConfigError(f"variant {args.variant!r} is not in {args.params}; known: {', '.join(params.variants)}")
     variant, config = params.variants[args.variant], params.train
     data = artifacts.load_prepared(args.data)
     infos = models.check_variant(args.variant, variant, data.input_shape, data.num_classes)
@@ -57,15 +55,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def progress(result: TrainResult) -> None:
         nonlocal logged
-        tracking.log_steps(
-            {"loss": result.loss[logged:], "accuracy": result.accuracy[logged:]}, result.steps[logged:]
-        )
+        tracking.log_steps({"loss": result.loss[logged:], "accuracy": result.accuracy[logged:]}, result.steps[logged:])
         logged = result.steps_done
         if result.val_steps and result.val_steps[-1] == result.steps[-1]:
             step = result.val_steps[-1]
-            tracking.log_steps(
-                {"val_loss": [result.val_loss[-1]], "val_accuracy": [result.val_accuracy[-1]]}, [step]
-            )
+            tracking.log_steps({"val_loss": [result.val_loss[-1]], "val_accuracy": [result.val_accuracy[-1]]}, [step])
             print(
                 f"{name}: step {step:>5}/{config.steps}  loss {result.loss[-1]:.4f}"
                 f"  minibatch accuracy {result.accuracy[-1]:.3f}  val_accuracy {result.val_accuracy[-1]:.4f}"
