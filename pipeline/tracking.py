@@ -23,9 +23,12 @@ _DVC_EXP_TMP = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
 def project_root(start: Path | None = None) -> Path:
     """The user's project folder, also when DVC runs us in a temporary copy of it.
 
-    Runs from `dvc exp run --temp/--queue` must land in the same store as `dvc repro`, so a path
-    inside <root>/.dvc/tmp/exps/ maps back to <root>.
+    Runs from `dvc exp run --temp/--queue` must land in the same store as `dvc repro`. DVC sets
+    DVC_ROOT to the user's repository for every stage command, temporary copies included; without it
+    (a stage run by hand), a path inside <root>/.dvc/tmp/exps/ maps back to <root>.
     """
+    if start is None and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
     path = (start or Path.cwd()).resolve()
     text = str(path) + os.sep
     if _DVC_EXP_TMP in text:
@@ -72,16 +75,16 @@ def connect(root: Path | None = None) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    embedded = not os.environ.get("MLFLOW_TRACKING_URI")
     uri = tracking_uri(root)
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)  # note: this also sets MLFLOW_TRACKING_URI in os.environ
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME)
     try:
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
-            location = None
-            if not os.environ.get("MLFLOW_TRACKING_URI"):
-                location = (project_root(root) / ARTIFACTS_DIR).as_uri()
+            # the embedded store keeps artifacts beside it, wherever DVC runs the stage
+            location = (project_root(root) / ARTIFACTS_DIR).as_uri() if embedded else None
             try:
                 return mlflow.create_experiment(name, artifact_location=location)
             except MlflowException:
@@ -103,21 +106,25 @@ def git_commit(cwd: Path | None = None) -> str:
         return "unknown"
 
 
+def context_tags() -> dict[str, str]:
+    """Where a run came from: the git commit and, under `dvc exp run`, the DVC experiment's name."""
+    commit = git_commit()
+    tags = {"git.commit": commit, "mlflow.source.git.commit": commit}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
 def run_tags(*, variant: str, seed: int, stage: str, dataset: str, dataset_sha256: str) -> dict[str, str]:
-    """Tags that let a user find and group runs; never anything from the environment but DVC's names."""
-    tags = {
+    """Tags that let a user find and group runs; nothing from the environment but DVC's own names."""
+    return {
         "variant": variant,
         "seed": str(seed),
-        "dvc.stage": stage,
+        "dvc.stage": os.environ.get("DVC_STAGE", stage),
         "dataset": dataset,
         "dataset.sha256": dataset_sha256,
-        "git.commit": git_commit(),
-        "mlflow.source.git.commit": git_commit(),
+        **context_tags(),
     }
-    exp_name = os.environ.get("DVC_EXP_NAME")
-    if exp_name:
-        tags["dvc.experiment"] = exp_name
-    return tags
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:

@@ -120,9 +120,7 @@ def test_load_raw_returns_the_four_arrays(tmp_path):
 def test_load_raw_mismatched_counts_names_the_file(tmp_path):
     source = make_idx_dataset(tmp_path, n_train=30, n_test=12)
     write_idx(tmp_path / IDX_FILES["test_labels"], np.zeros(11, dtype=np.uint8))
-    with pytest.raises(
-        DataError, match=r"t10k-labels-idx1-ubyte.gz: 11 labels, but .*t10k-images.* 12 images"
-    ):
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: 11 labels, but .*t10k-images.* 12 images"):
         load_raw(tmp_path, resolve_dataset("tiny", source["sha256"]))
 
 
@@ -193,9 +191,7 @@ def test_custom_dataset_missing_and_extra_files():
     with pytest.raises(ConfigError) as info:
         resolve_dataset("mine", sha)
     message = str(info.value)
-    assert message.startswith(
-        "data.sha256: missing t10k-labels-idx1-ubyte.gz; unknown file name(s) train-images.gz"
-    )
+    assert message.startswith("data.sha256: missing t10k-labels-idx1-ubyte.gz; unknown file name(s) train-images.gz")
 
 
 def test_custom_dataset_bad_digest_and_bad_name():

@@ -91,8 +91,7 @@ def test_all_mirrors_fail_lists_every_mirror_and_reason(server, dataset, source,
             "HTTP 500",
             "timed out after 0.5s",
             "truncated",
-            f"checksum mismatch: got {file_sha256_of_reversed(source, first)} "
-            f"expected {source['sha256'][first]}",
+            f"checksum mismatch: got {file_sha256_of_reversed(source, first)} expected {source['sha256'][first]}",
             "too many redirects",
         ],
         strict=True,
@@ -171,9 +170,7 @@ def test_missing_file_in_local_mirror_is_reported(dataset, tmp_path):
         fetch(dataset, [str(empty)], tmp_path / "raw")
 
 
-@pytest.mark.parametrize(
-    "mirror", ["ftp://example.org/mnist/", "s3://bucket/mnist/", "no/such/dir", "http://"]
-)
+@pytest.mark.parametrize("mirror", ["ftp://example.org/mnist/", "s3://bucket/mnist/", "no/such/dir", "http://"])
 def test_bad_mirrors_rejected_before_any_request(server, dataset, tmp_path, mirror):
     with pytest.raises(ConfigError) as info:
         fetch(dataset, [server.url("good"), mirror], tmp_path / "raw")

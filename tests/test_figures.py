@@ -54,9 +54,7 @@ def test_accuracy_vs_time_figure():
     assert len(ax.containers) == 3  # one errorbar per variant
     # y error bar of the baseline spans the CI in percent: 89 .. 93
     baseline_bar = ax.containers[0]
-    (y_segments,) = [
-        c for c in baseline_bar.lines[2] if c.get_segments()[0][0][0] == c.get_segments()[0][1][0]
-    ]
+    (y_segments,) = [c for c in baseline_bar.lines[2] if c.get_segments()[0][0][0] == c.get_segments()[0][1][0]]
     (x0, y0), (x1, y1) = y_segments.get_segments()[0]
     assert (x0, x1) == (100.0, 100.0)
     assert sorted([y0, y1]) == pytest.approx([89.0, 93.0])

@@ -129,8 +129,6 @@ def test_stage_reports_missing_raw_files(tmp_path):
     sha = {name: "a" * 64 for name in IDX_FILES.values()}
     result = run_prepare(tmp_path, {"dataset": "tiny", "sha256": sha})
     assert result.returncode == 2
-    assert (
-        result.stderr.startswith("error: ") and "file not found (run the fetch stage first)" in result.stderr
-    )
+    assert result.stderr.startswith("error: ") and "file not found (run the fetch stage first)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "prepared" / "tiny.npz").exists()

@@ -47,9 +47,7 @@ TRANSPOSED = {1: 0.91, 2: 0.94, 3: 0.92}
 
 
 def runs(**variants: dict[int, float]) -> pd.DataFrame:
-    return runs_table(
-        [record(name, seed, acc) for name, accs in variants.items() for seed, acc in accs.items()]
-    )
+    return runs_table([record(name, seed, acc) for name, accs in variants.items() for seed, acc in accs.items()])
 
 
 def row(summary: pd.DataFrame, variant: str) -> pd.Series:

@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     experiment_id = tracking.connect()
     import mlflow
 
-    with tracking.tracked_run(experiment_id, name="summary", tags={"summary": "true"}) as run:
+    with tracking.tracked_run(
+        experiment_id, name="summary", tags={"summary": "true", **tracking.context_tags()}
+    ) as run:
         mlflow.log_params(
             {"variants": ",".join(params.variants), "train.seeds": ",".join(map(str, params.train.seeds))}
         )
@@ -156,7 +158,7 @@ def _feature_maps(params, models_dir: Path, images: np.ndarray):
         import keras
 
         model = keras.saving.load_model(models_dir / variant / f"seed-{seed}" / "model.keras")
-        probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+        probe = keras.Model(model.input, [model.get_layer(n).output for n in names])
         outputs = probe(images, training=False)
         outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
         for name, output in zip(names, outputs, strict=True):

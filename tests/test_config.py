@@ -1,0 +1,102 @@
+"""params.yaml validation: every mistake names the key, the bad value and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import load_params, parse_params
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def error_for(edit) -> str:
+    raw = copy.deepcopy(SHIPPED)
+    edit(raw)
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    return str(err.value)
+
+
+def test_shipped_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.train.batch_size == 16 and params.train.steps == 1001
+    assert {"baseline", "transposed"} <= set(params.variants)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda r: r.update(trian=r.pop("train")), ["trian: unknown key", "did you mean 'train'?"]),
+        (lambda r: r["train"].update(batchsize=8), ["train.batchsize: unknown key", "did you mean 'batch_size'?"]),
+        (lambda r: r["train"].update(steps=0), ["train.steps", "greater than 0", "got 0"]),
+        (lambda r: r["train"].update(batch_size=-16), ["train.batch_size", "greater than 0", "got -16"]),
+        (lambda r: r["train"].update(steps="many"), ["train.steps", "valid integer", "'many'"]),
+        (lambda r: r["train"].update(seeds=[]), ["train.seeds", "at least 1 item"]),
+        (lambda r: r["train"].update(seeds=[1, 1]), ["train.seeds", "distinct"]),
+        (lambda r: r["train"].update(optimizer="rmsprop"), ["train.optimizer", "'sgd' or 'adam'", "'rmsprop'"]),
+        (lambda r: r["data"].update(mirrors="http://x"), ["data.mirrors", "valid list"]),
+        (
+            lambda r: r["variants"]["baseline"]["layers"].insert(0, {"type": "deconv", "filters": 3}),
+            ["variants.baseline.layers[0].type: unknown layer type 'deconv'", "conv_transpose"],
+        ),
+        (
+            lambda r: r["variants"]["baseline"]["layers"][0].update(kernel=5),
+            ["variants.baseline.layers[0].kernel: unknown key", "did you mean 'kernel_size'?"],
+        ),
+        (
+            lambda r: r["variants"]["baseline"]["layers"][0].pop("type"),
+            ["variants.baseline.layers[0]: a layer needs a 'type'"],
+        ),
+        (
+            lambda r: r["variants"]["transposed"]["layers"][1].update(padding="full"),
+            ["variants.transposed.layers[1].padding", "'same' or 'valid'"],
+        ),
+        (lambda r: r["variants"].update({"bad name": r["variants"]["baseline"]}), ["variant name 'bad name'"]),
+        (lambda r: r.update(variants={}), ["variants", "at least 1 item"]),
+    ],
+)
+def test_mistakes_name_the_key(edit, expected):
+    message = error_for(edit)
+    for part in expected:
+        assert part in message, message
+
+
+def test_yaml_is_read_safely(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("!!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_a_stage_reports_a_bad_param_without_a_traceback(tmp_path):
+    raw = copy.deepcopy(SHIPPED)
+    raw["train"]["stepz"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.stages.fetch",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--out",
+            str(tmp_path / "raw"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "train.stepz: unknown key" in result.stderr
+    assert "did you mean 'steps'?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "raw").exists()

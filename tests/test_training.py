@@ -1,0 +1,112 @@
+"""The training loop: data order, determinism, any evaluation batch size, NaN detection, early stopping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.config import TrainConfig, parse_params
+from pipeline.models import build_model
+from pipeline.training import (
+    NonFiniteLossError,
+    Trainer,
+    batch_order,
+    cross_entropy_and_accuracy,
+    seed_everything,
+    train,
+)
+
+SPEC = parse_params(
+    {
+        "variants": {
+            "small": {
+                "layers": [
+                    {"type": "conv", "filters": 4, "kernel_size": 5, "strides": 2},
+                    {"type": "conv_transpose", "filters": 4, "kernel_size": 5, "strides": 2},
+                    {"type": "flatten"},
+                    {"type": "dense", "units": 10, "activation": None},
+                ]
+            }
+        }
+    }
+).variants["small"]
+
+
+def easy_data(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    x = rng.random((n, 28, 28, 1), dtype=np.float32) * 0.2
+    for i, k in enumerate(y):
+        x[i, 2 * k + 2 : 2 * k + 6, 4:24, 0] = 0.9
+    return x, y
+
+
+def run(config: TrainConfig, seed: int = 1, n: int = 400):
+    x, y = easy_data(n)
+    seed_everything(seed)
+    model = build_model(SPEC, (28, 28, 1), 10, seed=seed)
+    trainer = Trainer(model, config, x, y)
+    return trainer, train(trainer, x[:100], y[:100], seed=seed)
+
+
+def test_batch_order_is_shuffled_epochs_fixed_by_the_seed():
+    order = batch_order(100, 16, 13, seed=5)
+    assert order.shape == (13, 16)
+    first_epoch = order[:6].ravel()  # 100 // 16 = 6 full batches per epoch
+    assert len(set(first_epoch)) == 96
+    assert np.array_equal(order, batch_order(100, 16, 13, seed=5))
+    assert not np.array_equal(order, batch_order(100, 16, 13, seed=6))
+    with pytest.raises(ValueError, match="larger than the 8 training examples"):
+        batch_order(8, 16, 1, seed=0)
+
+
+def test_steps_validation_points_and_learning():
+    _, result = run(TrainConfig(steps=61, validation_every=20, batch_size=16, learning_rate=0.05, initializer="keras"))
+    assert result.steps == list(range(61))
+    assert result.val_steps == [0, 20, 40, 60]
+    assert result.val_accuracy[-1] > 0.5  # chance is 0.1
+    assert result.train_seconds > 0 and result.images_per_second(16) > 0
+
+
+def test_same_seed_same_numbers():
+    config = TrainConfig(steps=25, validation_every=10, initializer="keras")
+    _, a = run(config, seed=3)
+    _, b = run(config, seed=3)
+    _, c = run(config, seed=4)
+    assert a.loss == b.loss and a.val_accuracy == b.val_accuracy
+    assert a.loss != c.loss
+
+
+def test_evaluation_batch_size_is_independent_of_training_batch_size():
+    trainer, _ = run(TrainConfig(steps=5, batch_size=16, initializer="keras"))
+    x, y = easy_data(250, seed=9)
+    reference = trainer.evaluate(x, y, batch_size=250)
+    for batch_size in (1, 7, 16, 64, 1000):  # 250 is not a multiple of 7, 16 or 64
+        loss, accuracy = trainer.evaluate(x, y, batch_size=batch_size)
+        assert accuracy == reference[1]
+        assert loss == pytest.approx(reference[0], rel=1e-5)
+
+
+def test_a_loss_that_becomes_nan_stops_training_and_names_the_step():
+    with pytest.raises(NonFiniteLossError) as err:
+        run(TrainConfig(steps=200, validation_every=50, learning_rate=1e12))
+    assert 0 <= err.value.step < 200
+    assert f"at step {err.value.step}" in str(err.value)
+
+
+def test_early_stopping_restores_the_best_weights():
+    config = TrainConfig(steps=200, validation_every=10, learning_rate=1e-9, early_stopping_patience=2)
+    trainer, result = run(config)
+    # a learning rate of 1e-9 changes nothing: no validation beats the first, so it stops after two more
+    assert result.val_steps == [0, 10, 20]
+    assert result.stopped_early_at == 20
+    assert result.steps_done == 21
+
+
+def test_cross_entropy_by_hand():
+    logits = np.array([[0.0, 0.0], [np.log(3.0), 0.0]])
+    labels = np.array([0, 1])
+    # p(correct) = 1/2 and 1/4: loss = (ln 2 + ln 4) / 2; accuracy: argmax picks 0 both times -> 1/2
+    loss, accuracy = cross_entropy_and_accuracy(logits, labels)
+    assert loss == pytest.approx((np.log(2) + np.log(4)) / 2)
+    assert accuracy == 0.5
