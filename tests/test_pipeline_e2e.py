@@ -111,7 +111,7 @@ def test_every_variant_and_seed_has_a_finished_run_with_params_metrics_and_model
         assert run.data.params["seed"] == seed
         assert run.data.params["train.batch_size"] == "16"
         assert run.data.params["train.steps"] == "41"
-        assert run.data.params["evaluate.batch_size"] == "37"
+        assert run.data.tags["evaluate.batch_size"] == "37"
         assert run.data.params["data.dataset"] == "tiny"
         assert run.data.tags["dvc.stage"] == f"train@{variant}-{seed}"
         assert len(run.data.tags["git.commit"]) in (40, len("unknown"))

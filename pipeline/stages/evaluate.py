@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
                 **{f"test_accuracy.class_{i}": v for i, v in enumerate(result.per_class_accuracy)},
             }
         )
-        mlflow.log_param("evaluate.batch_size", batch_size)
+        # a tag, not a param: re-evaluating the same trained run with another batch size must not conflict
+        mlflow.set_tag("evaluate.batch_size", batch_size)
     print(
         f"{tracking.run_name(run['variant'], run['seed'])}: test_accuracy {result.test_accuracy:.4f}"
         f"  test_loss {result.test_loss:.4f}  ({images_per_second:,.0f} images/s at batch {batch_size})",

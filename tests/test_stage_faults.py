@@ -1,0 +1,137 @@
+"""The train stage under faults: Ctrl-C/SIGTERM, a NaN loss, a tracking server that is down, secrets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_prepared(path: Path, n: int = 400) -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    x = rng.random((n, 28, 28, 1), dtype=np.float32)
+    np.savez(
+        path,
+        x_train=x,
+        y_train=y,
+        x_valid=x[:50],
+        y_valid=y[:50],
+        x_test=x[:50],
+        y_test=y[:50],
+        classes=np.array([str(i) for i in range(10)]),
+        dataset=np.array("tiny"),
+        source_sha256=np.array(["0" * 64] * 4),
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["variants"] = {"baseline": params["variants"]["baseline"]}
+    params["train"].update(steps=60, validation_every=20, seeds=[1])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_prepared(tmp_path / "tiny.npz")
+    return tmp_path
+
+
+def stage_env(project: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", **extra)
+    return env
+
+
+def train_cmd(*extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.stages.train",
+        "--variant",
+        "baseline",
+        "--seed",
+        "1",
+        "--data",
+        "tiny.npz",
+        *extra,
+    ]
+
+
+def runs(project: Path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = mlflow.get_experiment_by_name("deconvolution")
+    return mlflow.search_runs([experiment.experiment_id], output_format="list")
+
+
+def edit_params(project: Path, **train: object) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(train)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_training_ends_the_run_killed_and_writes_no_outputs(project: Path, signum: int):
+    edit_params(project, steps=10_000_000, validation_every=100)
+    proc = subprocess.Popen(train_cmd(), cwd=project, env=stage_env(project), stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # wait until training is under way
+        if "step     0/" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signum)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    assert "interrupted: no stage outputs were written" in rest
+    assert "Traceback" not in rest
+    assert not (project / "models").exists() or not any((project / "models").rglob("*"))
+    (run,) = runs(project)
+    assert run.info.status == "KILLED"
+
+
+def test_a_nan_loss_fails_the_run_and_names_the_step(project: Path):
+    edit_params(project, learning_rate=1e12)
+    result = subprocess.run(train_cmd(), cwd=project, env=stage_env(project), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "the training loss became NaN/inf at step" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project / "models").exists() or not any((project / "models").rglob("*"))
+    (run,) = runs(project)
+    assert run.info.status == "FAILED"
+
+
+def test_a_tracking_server_that_is_down_is_reported_before_training(project: Path):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = stage_env(project, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    result = subprocess.run(train_cmd(), cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}" in result.stderr
+    assert "step " not in result.stderr  # no training happened
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 60
+    assert not (project / "models").exists()
+
+
+def test_credentials_in_the_environment_are_never_logged(project: Path):
+    secret = "s3cr3t-do-not-log-4242"
+    env = stage_env(project, MLFLOW_TRACKING_PASSWORD=secret, MLFLOW_TRACKING_USERNAME="alice")
+    result = subprocess.run(train_cmd(), cwd=project, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    (run,) = runs(project)
+    assert run.info.status == "FINISHED"
+    logged = [*run.data.params.items(), *run.data.tags.items()]
+    assert not [kv for kv in logged if secret in kv[0] or secret in kv[1]]
+    assert secret.encode() not in (project / "mlflow.db").read_bytes()
+    assert (project / "models" / "baseline" / "seed-1" / "model.keras").exists()
