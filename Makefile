@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test lint bench ui clean
+.PHONY: setup run test lint bench ui
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ test: setup  ## the test suite (no network)
 lint: setup
 	$(BIN)/ruff check pipeline tests
 	$(BIN)/ruff format --check pipeline tests
+
+bench: setup  ## training speed: ours vs plain Keras model.fit; writes reports/benchmark.json
+	$(BIN)/python -m benchmarks.bench_training
 
 ui: setup  ## the MLflow UI on the project's embedded store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}

@@ -7,7 +7,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 def connect(root: Path | None = None) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns the experiment id."""
     import mlflow
+    from filelock import FileLock
     from mlflow.exceptions import MlflowException
 
     embedded = not os.environ.get("MLFLOW_TRACKING_URI")
@@ -80,18 +81,22 @@ def connect(root: Path | None = None) -> str:
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)  # note: this also sets MLFLOW_TRACKING_URI in os.environ
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME)
+    # parallel experiments (dvc queue start -j N) may open a new embedded store at the same moment:
+    # one process creates its tables and the experiment, the others wait
+    lock = FileLock(str(project_root(root) / f".{STORE_FILE}.lock")) if embedded else nullcontext()
     try:
-        experiment = mlflow.get_experiment_by_name(name)
-        if experiment is None:
-            # the embedded store keeps artifacts beside it, wherever DVC runs the stage
-            location = (project_root(root) / ARTIFACTS_DIR).as_uri() if embedded else None
-            try:
-                return mlflow.create_experiment(name, artifact_location=location)
-            except MlflowException:
-                experiment = mlflow.get_experiment_by_name(name)  # created concurrently by another stage
-                if experiment is None:
-                    raise
-        return experiment.experiment_id
+        with lock:
+            experiment = mlflow.get_experiment_by_name(name)
+            if experiment is None:
+                # the embedded store keeps artifacts beside it, wherever DVC runs the stage
+                location = (project_root(root) / ARTIFACTS_DIR).as_uri() if embedded else None
+                try:
+                    return mlflow.create_experiment(name, artifact_location=location)
+                except MlflowException:
+                    experiment = mlflow.get_experiment_by_name(name)  # created by another client meanwhile
+                    if experiment is None:
+                        raise
+            return experiment.experiment_id
     except MlflowException as exc:
         raise TrackingError(f"the MLflow store at {uri} cannot be used: {exc.message}") from None
 

@@ -1,0 +1,58 @@
+"""Where runs land and how they are named: no MLflow server needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import tracking
+
+
+def test_project_root_maps_dvc_temporary_copies_back_to_the_workspace(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    temp_copy = tmp_path / "proj" / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    temp_copy.mkdir(parents=True)
+    assert tracking.project_root(temp_copy) == (tmp_path / "proj").resolve()
+    assert tracking.project_root(tmp_path / "proj") == (tmp_path / "proj").resolve()
+    monkeypatch.chdir(temp_copy)
+    assert tracking.project_root() == (tmp_path / "proj").resolve()
+
+
+def test_dvc_root_wins_when_dvc_runs_the_stage(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir("/")
+    assert tracking.project_root() == tmp_path.resolve()
+
+
+def test_tracking_uri_default_and_override(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_params_are_flattened_with_the_names_of_params_yaml():
+    flat = tracking.flatten("train", {"batch_size": 16, "seeds": [1, 2], "inner": {"a": None}})
+    assert flat == {"train.batch_size": 16, "train.seeds": "1,2", "train.inner.a": None}
+
+
+def test_run_names_and_tags(monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-3")
+    monkeypatch.setenv("DVC_STAGE", "train@transposed-2")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2")
+    tags = tracking.run_tags(variant="transposed", seed=2, stage="x", dataset="mnist", dataset_sha256="ab")
+    assert tracking.run_name("transposed", 2) == "transposed/seed-2"
+    assert tags["dvc.experiment"] == "lr-sweep-3"
+    assert tags["dvc.stage"] == "train@transposed-2"
+    assert tags["variant"] == "transposed" and tags["seed"] == "2" and tags["dataset.sha256"] == "ab"
+    assert "hunter2" not in str(tags)
+
+
+def test_an_unreachable_server_is_a_clear_error():
+    from pipeline.errors import TrackingError
+
+    with pytest.raises(TrackingError, match="cannot reach the MLflow tracking server at http://127.0.0.1:9"):
+        tracking.check_reachable("http://127.0.0.1:9", timeout=2)
+    tracking.check_reachable("sqlite:///x.db")  # nothing to reach for a local store
