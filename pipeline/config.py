@@ -120,6 +120,9 @@ class TrainConfig(Strict):
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
     initializer: Literal["tutorial", "keras"] = "tutorial"
     early_stopping_patience: PositiveInt | None = None
+    # a run whose loss becomes NaN/inf: "record" it as a diverged run (marked FAILED in MLflow, counted
+    # in the report) and go on with the others, or "fail" the stage
+    on_divergence: Literal["record", "fail"] = "record"
 
     @field_validator("seeds")
     @classmethod

@@ -7,7 +7,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -160,13 +160,21 @@ def tracked_run(
         yield run
         mlflow.flush_async_logging()
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        _end_run_quietly("KILLED")
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        _end_run_quietly("FAILED")
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+def _end_run_quietly(status: str) -> None:
+    """End the run with a status, without hiding the error that ended it if the store fails too."""
+    import mlflow
+
+    with suppress(Exception):
+        mlflow.end_run(status)
 
 
 def log_steps(metrics: Mapping[str, list[float]], steps: list[int]) -> None:

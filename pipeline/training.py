@@ -16,16 +16,6 @@ if TYPE_CHECKING:
     import keras
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(
-            f"the training loss became NaN/inf at step {step}: lower train.learning_rate or check the data"
-        )
-        self.step = step
-
-
 @dataclass
 class TrainResult:
     """What a training run produced, besides the trained model itself."""
@@ -40,6 +30,7 @@ class TrainResult:
     trace_seconds: float = 0.0
     validation_seconds: float = 0.0
     stopped_early_at: int | None = None
+    diverged_at: int | None = None  # first step whose loss was NaN/inf; training stopped there
 
     @property
     def steps_done(self) -> int:
@@ -153,9 +144,10 @@ def cross_entropy_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[
     if len(labels) == 0:
         return float("nan"), float("nan")
     z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    loss = -log_probs[np.arange(len(labels)), labels].mean()
+    with np.errstate(invalid="ignore", over="ignore"):  # a diverged model's NaN logits give a NaN loss
+        z -= z.max(axis=1, keepdims=True)
+        log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        loss = -log_probs[np.arange(len(labels)), labels].mean()
     accuracy = (logits.argmax(axis=1) == labels).mean()
     return float(loss), float(accuracy)
 
@@ -177,8 +169,10 @@ def train(
 ) -> TrainResult:
     """Train for config.steps steps, validating after step 0 and every validation_every steps.
 
-    Steps are numbered from 0 like the tutorial's loop. With early_stopping_patience set, training stops
-    after that many validations without a better val_accuracy and the best weights are restored.
+    Steps are numbered from 0 like the tutorial's loop. A loss that becomes NaN/inf stops training:
+    the result's diverged_at says at which step (the weights are then unusable). With
+    early_stopping_patience set, training stops after that many validations without a better
+    val_accuracy and the best weights are restored.
     """
     config = trainer.config
     result = TrainResult()
@@ -196,7 +190,10 @@ def train(
         result.accuracy.extend(accuracies.tolist())
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
-            raise NonFiniteLossError(start + int(bad[0]))
+            result.diverged_at = start + int(bad[0])
+            if on_chunk is not None:
+                on_chunk(result)
+            return result
         last = stop - 1
         if last % config.validation_every == 0 or stop == config.steps:
             t0 = time.perf_counter()

@@ -201,3 +201,57 @@ def test_dvc_exp_run_in_a_temporary_copy_lands_in_the_workspace_store(repo: Path
     assert len(client.get_metric_history(run_id, "test_accuracy")) == 2
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
     assert "eval-batch-50" in dvc(repo, "exp", "list", "--name-only").stdout
+
+
+def test_parallel_queued_experiments_all_land_in_the_embedded_store(repo: Path):
+    import time
+
+    before = {r.info.run_id for r in mlflow_runs(repo)[1]}
+    for batch_size in (41, 43):
+        dvc(repo, "exp", "run", "--queue", "--name", f"eval-{batch_size}", "-S", f"evaluate.batch_size={batch_size}")
+    dvc(repo, "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(repo, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert "Failed" not in status, status + dvc(repo, "queue", "logs", "eval-41").stdout
+    assert status.count("Success") >= 2, status
+    new = [r for r in mlflow_runs(repo)[1] if r.info.run_id not in before]
+    assert sorted(r.data.tags.get("dvc.experiment") for r in new) == ["eval-41", "eval-43"]
+    assert all(r.info.status == "FINISHED" for r in new)
+    for name in ("eval-41", "eval-43"):
+        assert "database is locked" not in dvc(repo, "queue", "logs", name).stdout
+
+
+def test_kill_9_mid_training_leaves_nothing_dvc_trusts_and_the_rerun_succeeds(repo: Path):
+    import signal
+    import time
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"].update(steps=20_000, validation_every=1_000)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.Popen(
+        ["dvc", "repro", "train@baseline-1"],
+        cwd=repo,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    for line in proc.stdout:
+        if "step     0/20000" in line:
+            break
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (repo / "models" / "baseline" / "seed-1").exists()
+    assert "train@baseline-1" in changed_stages(repo)
+    params["train"].update(steps=41, validation_every=20)  # back to a quick rerun
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(repo, "repro", "train@baseline-1")
+    assert (repo / "models" / "baseline" / "seed-1" / "model.keras").exists()
+    assert not list((repo / "models" / "baseline").glob(".seed-1.partial-*"))
+    assert "train@baseline-1" not in changed_stages(repo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -98,11 +99,24 @@ def test_interrupted_training_ends_the_run_killed_and_writes_no_outputs(project:
     assert run.info.status == "KILLED"
 
 
-def test_a_nan_loss_fails_the_run_and_names_the_step(project: Path):
+def test_a_nan_loss_is_recorded_as_a_diverged_failed_run_by_default(project: Path):
     edit_params(project, learning_rate=1e12)
     result = subprocess.run(train_cmd(), cwd=project, env=stage_env(project), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "warning: baseline/seed-1: the training loss became NaN/inf at step" in result.stderr
+    saved = json.loads((project / "models" / "baseline" / "seed-1" / "run.json").read_text())
+    assert saved["diverged_at_step"] is not None
+    assert f"at step {saved['diverged_at_step']}" in result.stderr
+    (run,) = runs(project)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["diverged_at_step"] == str(saved["diverged_at_step"])
+
+
+def test_a_nan_loss_fails_the_stage_when_asked(project: Path):
+    edit_params(project, learning_rate=1e12, on_divergence="fail")
+    result = subprocess.run(train_cmd(), cwd=project, env=stage_env(project), capture_output=True, text=True)
     assert result.returncode == 2
-    assert "the training loss became NaN/inf at step" in result.stderr
+    assert "error: baseline/seed-1: the training loss became NaN/inf at step" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (project / "models").exists() or not any((project / "models").rglob("*"))
     (run,) = runs(project)
@@ -135,3 +149,50 @@ def test_credentials_in_the_environment_are_never_logged(project: Path):
     assert not [kv for kv in logged if secret in kv[0] or secret in kv[1]]
     assert secret.encode() not in (project / "mlflow.db").read_bytes()
     assert (project / "models" / "baseline" / "seed-1" / "model.keras").exists()
+
+
+def test_an_mlflow_failure_during_training_keeps_the_model_and_its_metrics(project: Path, monkeypatch):
+    from pipeline import tracking
+    from pipeline.errors import TrackingError
+    from pipeline.stages import train as train_stage
+
+    monkeypatch.chdir(project)
+    for key in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
+        monkeypatch.delenv(key, raising=False)
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("tracking server went away")
+
+    monkeypatch.setattr(tracking, "log_steps", broken)
+    with pytest.raises(TrackingError, match="saved in models/baseline/seed-1, but logging to MLflow failed"):
+        train_stage.main(["--variant", "baseline", "--seed", "1", "--data", "tiny.npz"])
+    saved = project / "models" / "baseline" / "seed-1"
+    assert (saved / "model.keras").stat().st_size > 0
+    assert len((saved / "history.csv").read_text().splitlines()) == 61  # header + 60 steps
+    (run,) = runs(project)
+    assert run.info.status == "FAILED"
+
+
+def test_a_flaky_tracking_store_loses_no_steps(project: Path, monkeypatch):
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.stages import train as train_stage
+
+    monkeypatch.chdir(project)
+    for key in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
+        monkeypatch.delenv(key, raising=False)
+    real, calls = tracking.log_steps, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("timeout")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "log_steps", flaky)
+    train_stage.main(["--variant", "baseline", "--seed", "1", "--data", "tiny.npz"])
+    (run,) = runs(project)
+    assert run.info.status == "FINISHED"
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(60))

@@ -81,6 +81,12 @@ def main(argv: list[str] | None = None) -> None:
 
     title = f"{data.dataset}, {len(params.train.seeds)} seeds, {params.train.steps} steps"
     markdown = reporting.summary_markdown(summary, title=title)
+    diverged = [r for r in records if r.get("diverged_at_step") is not None]
+    if diverged:
+        markdown += "\nDiverged runs (loss became NaN/inf; kept in the statistics at the accuracy they reached):\n\n"
+        markdown += "".join(
+            f"- {tracking.run_name(r['variant'], r['seed'])}: at step {r['diverged_at_step']}\n" for r in diverged
+        )
     metrics = {
         row.variant: {
             "test_accuracy_mean": row.test_accuracy_mean,
@@ -88,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
             "diff_vs_baseline_mean": row.diff_vs_baseline_mean,
             "p_value": row.p_value,
             "train_seconds_mean": row.train_seconds_mean,
+            "diverged_runs": sum(
+                1 for r in records if r["variant"] == row.variant and r.get("diverged_at_step") is not None
+            ),
         }
         for row in summary.itertuples()
     }
@@ -96,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     runs.to_csv(out / "comparison.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     (out / "summary.md").write_text(markdown)
-    artifacts.write_json(out / "summary.json", _finite(metrics))
+    artifacts.write_json(out / "summary.json", metrics)
     curves = out / "curves"
     curves.mkdir(exist_ok=True)
     for column, source in (("val_accuracy", validations), ("loss", histories)):
@@ -117,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             {"variants": ",".join(params.variants), "train.seeds": ",".join(map(str, params.train.seeds))}
         )
         mlflow.log_metrics(
-            {f"{v}.{k}": value for v, m in _finite(metrics).items() for k, value in m.items() if value is not None}
+            {f"{v}.{k}": x for v, m in artifacts.json_safe(metrics).items() for k, x in m.items() if x is not None}
         )
         mlflow.log_artifacts(str(out), artifact_path="reports")
         mlflow.set_tag("summary.runs", ",".join(runs["run_id"]))
@@ -137,14 +146,6 @@ def _smoothed(curves: pd.DataFrame, window: int = 20) -> pd.DataFrame:
     for column in ("mean", "std"):
         curves[column] = curves.groupby("variant")[column].transform(lambda s: s.rolling(window, min_periods=1).mean())
     return curves
-
-
-def _finite(metrics: dict) -> dict:
-    """NaN is not JSON: None instead (DVC shows it as '-')."""
-    return {
-        v: {k: (None if isinstance(x, float) and np.isnan(x) else float(x)) for k, x in m.items()}
-        for v, m in metrics.items()
-    }
 
 
 def _feature_maps(params, models_dir: Path, images: np.ndarray):

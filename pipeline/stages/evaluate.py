@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         # a tag, not a param: re-evaluating the same trained run with another batch size must not conflict
         mlflow.set_tag("evaluate.batch_size", batch_size)
+        if run.get("diverged_at_step") is not None:
+            mlflow.end_run("FAILED")  # stays marked as the diverged run it is
     print(
         f"{tracking.run_name(run['variant'], run['seed'])}: test_accuracy {result.test_accuracy:.4f}"
         f"  test_loss {result.test_loss:.4f}  ({images_per_second:,.0f} images/s at batch {batch_size})",

@@ -11,9 +11,9 @@ import pandas as pd
 
 from pipeline import artifacts, models, tracking
 from pipeline.config import load_params
-from pipeline.errors import ConfigError, UserError
+from pipeline.errors import ConfigError, TrackingError, UserError
 from pipeline.stages import run_stage
-from pipeline.training import NonFiniteLossError, Trainer, TrainResult, seed_everything, train
+from pipeline.training import Trainer, TrainResult, seed_everything, train
 
 
 def peak_memory_mb() -> float:
@@ -53,15 +53,30 @@ def main(argv: list[str] | None = None) -> None:
     name = tracking.run_name(args.variant, args.seed)
     logged = 0
 
+    def log_new_steps(result: TrainResult) -> None:
+        """Log what is not logged yet; a failed call is retried with the next chunk, so a flaky
+        tracking server loses nothing and never stops training."""
+        nonlocal logged, val_logged, warned
+        try:
+            tracking.log_steps(
+                {"loss": result.loss[logged:], "accuracy": result.accuracy[logged:]}, result.steps[logged:]
+            )
+            logged = result.steps_done
+            tracking.log_steps(
+                {"val_loss": result.val_loss[val_logged:], "val_accuracy": result.val_accuracy[val_logged:]},
+                result.val_steps[val_logged:],
+            )
+            val_logged = len(result.val_steps)
+        except Exception as exc:  # noqa: BLE001 (any tracking failure: keep training, retry later)
+            if not warned:
+                print(f"warning: MLflow logging failed ({exc}); training goes on, will retry", file=sys.stderr)
+                warned = True
+
     def progress(result: TrainResult) -> None:
-        nonlocal logged
-        tracking.log_steps({"loss": result.loss[logged:], "accuracy": result.accuracy[logged:]}, result.steps[logged:])
-        logged = result.steps_done
+        log_new_steps(result)
         if result.val_steps and result.val_steps[-1] == result.steps[-1]:
-            step = result.val_steps[-1]
-            tracking.log_steps({"val_loss": [result.val_loss[-1]], "val_accuracy": [result.val_accuracy[-1]]}, [step])
             print(
-                f"{name}: step {step:>5}/{config.steps}  loss {result.loss[-1]:.4f}"
+                f"{name}: step {result.val_steps[-1]:>5}/{config.steps}  loss {result.loss[-1]:.4f}"
                 f"  minibatch accuracy {result.accuracy[-1]:.3f}  val_accuracy {result.val_accuracy[-1]:.4f}"
                 f"  ({result.images_per_second(config.batch_size):,.0f} images/s)",
                 file=sys.stderr,
@@ -70,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import mlflow
 
+    logged = val_logged = 0
+    warned = False
+    model_dir = args.out / args.variant / f"seed-{args.seed}"
     with tracking.tracked_run(experiment_id, name=name, tags=tags) as run:
         mlflow.log_params(
             {
@@ -80,16 +98,15 @@ def main(argv: list[str] | None = None) -> None:
                 **tracking.flatten("train", config.model_dump(exclude={"seeds"})),
             }
         )
-        try:
-            result = train(
-                trainer,
-                data.x_valid,
-                data.y_valid,
-                seed=args.seed,
-                on_chunk=progress,
+        result = train(trainer, data.x_valid, data.y_valid, seed=args.seed, on_chunk=progress)
+        if result.diverged_at is not None:
+            message = (
+                f"{name}: the training loss became NaN/inf at step {result.diverged_at}:"
+                " lower train.learning_rate or check the data"
             )
-        except NonFiniteLossError as exc:
-            raise UserError(f"{name}: {exc}") from None
+            if config.on_divergence == "fail":
+                raise UserError(message)
+            print(f"warning: {message}; recorded as a diverged run (train.on_divergence: record)", file=sys.stderr)
         summary = {
             "variant": args.variant,
             "seed": args.seed,
@@ -97,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             "experiment_id": experiment_id,
             "steps": result.steps_done,
             "stopped_early_at": result.stopped_early_at,
+            "diverged_at_step": result.diverged_at,
             "val_accuracy": result.val_accuracy[-1] if result.val_accuracy else None,
             "train_seconds": result.train_seconds,
             "trace_seconds": result.trace_seconds,
@@ -106,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
             "flops_per_image": models.flops_per_image(infos),
             "peak_memory_mb": peak_memory_mb(),
         }
-        with artifacts.atomic_dir(args.out / args.variant / f"seed-{args.seed}") as out:
+        # the trained model and its metrics reach the disk before anything else can fail
+        with artifacts.atomic_dir(model_dir) as out:
             model.save(out / "model.keras")
             pd.DataFrame({"step": result.steps, "loss": result.loss, "accuracy": result.accuracy}).to_csv(
                 out / "history.csv", index=False
@@ -116,12 +135,26 @@ def main(argv: list[str] | None = None) -> None:
             ).to_csv(out / "validation.csv", index=False)
             artifacts.write_json(out / "spec.json", {"variant": args.variant, **variant.model_dump()})
             artifacts.write_json(out / "run.json", summary)
+        try:
+            log_new_steps(result)
             mlflow.log_metrics({k: v for k, v in summary.items() if k in _METRICS and v is not None})
-            mlflow.log_artifact(str(out / "spec.json"))
+            mlflow.log_artifact(str(model_dir / "spec.json"))
             tracking.log_keras_model(model, data.x_valid[:2] if len(data.x_valid) else data.x_train[:2])
+            if result.diverged_at is not None:
+                mlflow.set_tag("diverged_at_step", result.diverged_at)
+            mlflow.flush_async_logging()
+            if logged < result.steps_done:
+                raise RuntimeError("per-step metrics could not be logged")
+        except Exception as exc:
+            raise TrackingError(
+                f"{name}: training finished and its model and metrics are saved in {model_dir}, but logging"
+                f" to MLflow failed ({exc}). Fix the tracking store and rerun `dvc repro`."
+            ) from None
+        if result.diverged_at is not None:
+            mlflow.end_run("FAILED")
     print(
         f"{name}: trained {result.steps_done} steps in {result.train_seconds:.1f}s"
-        f" ({summary['train_images_per_second']:,.0f} images/s), val_accuracy {summary['val_accuracy']:.4f}",
+        f" ({summary['train_images_per_second']:,.0f} images/s), val_accuracy {summary['val_accuracy']}",
         file=sys.stderr,
     )
 

@@ -1,0 +1,12 @@
+"""Shared test set-up."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking_env(monkeypatch):
+    """mlflow.set_tracking_uri() writes MLFLOW_TRACKING_URI into os.environ; undo it after each test."""
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DVC_ROOT", "DVC_EXP_NAME", "DVC_STAGE"):
+        monkeypatch.delenv(key, raising=False)
