@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test lint bench ui
+.PHONY: setup run test lint bench ui server
 
 setup: $(STAMP)
 
@@ -30,3 +30,6 @@ bench: setup  ## training speed: ours vs plain Keras model.fit; writes reports/b
 
 ui: setup  ## the MLflow UI on the project's embedded store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
+
+server: setup  ## team tracking server: MLflow on PostgreSQL, proxied artifacts, 127.0.0.1:$${MLFLOW_PORT:-5000}
+	scripts/mlflow-server.sh

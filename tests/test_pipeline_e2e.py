@@ -62,8 +62,9 @@ def make_repo(path: Path) -> dict:
     return params
 
 
-def env() -> dict[str, str]:
+def env(**extra: str) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    out.update(extra)
     out["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{out.get('PATH', '')}"
     out["TF_CPP_MIN_LOG_LEVEL"] = "3"
     for key in ("GIT_AUTHOR", "GIT_COMMITTER"):
@@ -71,8 +72,8 @@ def env() -> dict[str, str]:
     return out
 
 
-def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(["dvc", *args], cwd=repo, env=env(), capture_output=True, text=True, timeout=900)
+def dvc(repo: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(["dvc", *args], cwd=repo, env=env(**extra_env), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
