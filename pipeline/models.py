@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pipeline.config import (
     BatchNorm,
     Conv,
@@ -225,3 +227,24 @@ def build_model(
         elif isinstance(layer, Flatten):
             x = keras.layers.Flatten(**kwargs)(x)
     return keras.Model(inputs, x, name="variant")
+
+
+def upsampling_layer_names(variant: Variant) -> list[str]:
+    """Keras layer names (see build_model) of every upsampling layer, and of the layer after an upsample."""
+    layers, names = variant.layers, []
+    for index, layer in enumerate(layers):
+        if isinstance(layer, ConvTranspose | Upsample):
+            names.append(f"{index}_{layer.type}")
+        if isinstance(layer, Upsample) and index + 1 < len(layers):
+            names.append(f"{index + 1}_{layers[index + 1].type}")
+    return names
+
+
+def activations(model: keras.Model, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
+    """Outputs of the named layers for a batch of images (to look at what upsampling layers produce)."""
+    import keras
+
+    probe = keras.Model(model.input, [model.get_layer(name).output for name in names])
+    outputs = probe(images, training=False)
+    outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+    return {name: np.asarray(output) for name, output in zip(names, outputs, strict=True)}

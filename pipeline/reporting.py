@@ -351,3 +351,37 @@ def learning_curves(histories: Mapping[tuple[str, int], pd.DataFrame], column: s
     curves["n"] = curves["n"].astype("int64")
     curves = curves.assign(_rank=curves["variant"].map(order)).sort_values(["_rank", "step"], kind="stable")
     return curves.drop(columns="_rank").reset_index(drop=True)[CURVE_COLUMNS]
+
+
+def collapsed_run(record: dict, num_classes: int) -> bool:
+    """A run that ended at chance level: it predicts (almost) one class, whatever it was shown."""
+    return record.get("diverged_at_step") is not None or record["test_accuracy"] < 1.5 / num_classes
+
+
+def curve_table(curves: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Long-form learning curve for `dvc plots` (template .dvc/plots/by_variant.json): mean and a
+    mean +/- sd band per variant and step."""
+    spread = curves["std"].fillna(0.0)
+    return pd.DataFrame(
+        {
+            "step": curves["step"],
+            "variant": curves["variant"],
+            column: curves["mean"],
+            f"{column}_low": curves["mean"] - spread,
+            f"{column}_high": curves["mean"] + spread,
+        }
+    )
+
+
+def confusion_from_pairs(pairs: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+    """Confusion matrix (rows: true class) from the (actual, predicted) rows of a dvc plots confusion file."""
+    table = pd.crosstab(pairs["actual"].astype(str), pairs["predicted"].astype(str))
+    return table.reindex(index=list(classes), columns=list(classes), fill_value=0).to_numpy()
+
+
+def rolling_mean(curves: pd.DataFrame, window: int = 20) -> pd.DataFrame:
+    """Learning curves smoothed per variant over `window` steps (per-step minibatch loss is noisy)."""
+    curves = curves.copy()
+    for column in ("mean", "std"):
+        curves[column] = curves.groupby("variant")[column].transform(lambda s: s.rolling(window, min_periods=1).mean())
+    return curves

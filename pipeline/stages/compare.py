@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import artifacts, reporting, tracking
-from pipeline.config import ConvTranspose, Upsample, load_params
+from pipeline import artifacts, models, reporting, tracking
+from pipeline.config import load_params
 from pipeline.figures import (
     accuracy_vs_time_figure,
     confusion_matrices_figure,
@@ -21,17 +21,6 @@ from pipeline.figures import (
 from pipeline.stages import run_stage
 
 FEATURE_MAP_IMAGES = 3
-
-
-def upsampling_layer_names(layers: list) -> list[str]:
-    """Keras layer names (see models.build_model) of every upsampling layer and the layer after an upsample."""
-    names = []
-    for index, layer in enumerate(layers):
-        if isinstance(layer, ConvTranspose | Upsample):
-            names.append(f"{index}_{layer.type}")
-        if isinstance(layer, Upsample) and index + 1 < len(layers):
-            names.append(f"{index + 1}_{layers[index + 1].type}")
-    return names
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,16 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     runs = reporting.runs_table(records, variant_order=list(params.variants))
     summary = reporting.summarize(runs)
 
+    val_curves = reporting.learning_curves(validations, "val_accuracy")
+    loss_curves = reporting.rolling_mean(reporting.learning_curves(histories, "loss"))
     figures = {
         "accuracy_vs_time.png": accuracy_vs_time_figure(summary),
-        "learning_curves_val_accuracy.png": learning_curves_figure(
-            reporting.learning_curves(validations, "val_accuracy"), "validation accuracy"
-        ),
-        "learning_curves_loss.png": learning_curves_figure(
-            _smoothed(reporting.learning_curves(histories, "loss")), "training loss (mean of 20 steps)"
-        ),
+        "learning_curves_val_accuracy.png": learning_curves_figure(val_curves, "validation accuracy"),
+        "learning_curves_loss.png": learning_curves_figure(loss_curves, "training loss (mean of 20 steps)"),
         "confusion_matrices.png": confusion_matrices_figure(
-            {v: _confusion(pd.concat(p), data.classes) for v, p in matrices.items()}, data.classes
+            {v: reporting.confusion_from_pairs(pd.concat(p), data.classes) for v, p in matrices.items()}, data.classes
         ),
     }
     maps_figure = _feature_maps(params, args.models, data.x_test[:FEATURE_MAP_IMAGES])
@@ -82,10 +69,17 @@ def main(argv: list[str] | None = None) -> None:
     title = f"{data.dataset}, {len(params.train.seeds)} seeds, {params.train.steps} steps"
     markdown = reporting.summary_markdown(summary, title=title)
     diverged = [r for r in records if r.get("diverged_at_step") is not None]
-    if diverged:
-        markdown += "\nDiverged runs (loss became NaN/inf; kept in the statistics at the accuracy they reached):\n\n"
+    collapsed = [r for r in records if reporting.collapsed_run(r, data.num_classes)]
+    if collapsed:
+        markdown += (
+            f"\nRuns that ended at chance level (test accuracy below {1.5 / data.num_classes:.0%}: the network"
+            " predicts one class; kept in the statistics above):\n\n"
+        )
         markdown += "".join(
-            f"- {tracking.run_name(r['variant'], r['seed'])}: at step {r['diverged_at_step']}\n" for r in diverged
+            f"- {tracking.run_name(r['variant'], r['seed'])}: {r['test_accuracy']:.2%}"
+            + (f", loss became NaN/inf at step {r['diverged_at_step']}" if r in diverged else "")
+            + "\n"
+            for r in collapsed
         )
     metrics = {
         row.variant: {
@@ -94,9 +88,8 @@ def main(argv: list[str] | None = None) -> None:
             "diff_vs_baseline_mean": row.diff_vs_baseline_mean,
             "p_value": row.p_value,
             "train_seconds_mean": row.train_seconds_mean,
-            "diverged_runs": sum(
-                1 for r in records if r["variant"] == row.variant and r.get("diverged_at_step") is not None
-            ),
+            "diverged_runs": sum(1 for r in diverged if r["variant"] == row.variant),
+            "collapsed_runs": sum(1 for r in collapsed if r["variant"] == row.variant),
         }
         for row in summary.itertuples()
     }
@@ -108,11 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     artifacts.write_json(out / "summary.json", metrics)
     curves = out / "curves"
     curves.mkdir(exist_ok=True)
-    for column, source in (("val_accuracy", validations), ("loss", histories)):
-        long = reporting.learning_curves(source, column)
-        long.pivot(index="step", columns="variant", values="mean")[list(params.variants)].to_csv(
-            curves / f"{column}.csv"
-        )
+    for column, long in (("val_accuracy", val_curves), ("loss", loss_curves)):
+        reporting.curve_table(long, column).to_csv(curves / f"{column}.csv", index=False)
     for name, figure in figures.items():
         figure.savefig(out / "figures" / name, dpi=100, bbox_inches="tight")
 
@@ -136,34 +126,17 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown, file=sys.stderr)
 
 
-def _confusion(pairs: pd.DataFrame, classes: tuple[str, ...]) -> np.ndarray:
-    table = pd.crosstab(pairs["actual"].astype(str), pairs["predicted"].astype(str))
-    return table.reindex(index=list(classes), columns=list(classes), fill_value=0).to_numpy()
-
-
-def _smoothed(curves: pd.DataFrame, window: int = 20) -> pd.DataFrame:
-    curves = curves.copy()
-    for column in ("mean", "std"):
-        curves[column] = curves.groupby("variant")[column].transform(lambda s: s.rolling(window, min_periods=1).mean())
-    return curves
-
-
 def _feature_maps(params, models_dir: Path, images: np.ndarray):
     """Activations after each upsampling layer, for the first seed of every variant that has one."""
-    maps: dict[str, np.ndarray] = {}
-    seed = params.train.seeds[0]
-    for variant, spec in params.variants.items():
-        names = upsampling_layer_names(spec.layers)
-        if not names:
-            continue
-        import keras
+    import keras
 
-        model = keras.saving.load_model(models_dir / variant / f"seed-{seed}" / "model.keras")
-        probe = keras.Model(model.input, [model.get_layer(n).output for n in names])
-        outputs = probe(images, training=False)
-        outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
-        for name, output in zip(names, outputs, strict=True):
-            maps[f"{variant}: {name}"] = np.asarray(output)
+    maps: dict[str, np.ndarray] = {}
+    for variant, spec in params.variants.items():
+        names = models.upsampling_layer_names(spec)
+        if names:
+            model = keras.saving.load_model(models_dir / variant / f"seed-{params.train.seeds[0]}" / "model.keras")
+            for name, output in models.activations(model, names, images).items():
+                maps[f"{variant}: {name}"] = output
     return feature_maps_figure(images, maps) if maps else None
 
 

@@ -1,0 +1,52 @@
+"""Small pieces of the compare stage: chance-level runs, dvc-plots curve tables, confusion from pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import load_params
+from pipeline.models import upsampling_layer_names
+from pipeline.reporting import collapsed_run, confusion_from_pairs, curve_table, rolling_mean
+
+
+def test_collapsed_runs_are_those_at_chance_level():
+    assert collapsed_run({"test_accuracy": 0.10}, 10)
+    assert collapsed_run({"test_accuracy": 0.149}, 10)
+    assert not collapsed_run({"test_accuracy": 0.15}, 10)
+    assert collapsed_run({"test_accuracy": 0.5, "diverged_at_step": 7}, 10)
+    assert not collapsed_run({"test_accuracy": 0.5, "diverged_at_step": None}, 10)
+
+
+def test_curve_table_has_a_mean_and_a_one_sd_band():
+    curves = pd.DataFrame(
+        {"variant": ["a", "a", "b"], "step": [0, 100, 0], "mean": [0.5, 0.8, 0.4], "std": [0.1, np.nan, 0.2], "n": 2}
+    )
+    table = curve_table(curves, "val_accuracy")
+    assert list(table.columns) == ["step", "variant", "val_accuracy", "val_accuracy_low", "val_accuracy_high"]
+    assert table["val_accuracy_low"].tolist() == pytest.approx([0.4, 0.8, 0.2])
+    assert table["val_accuracy_high"].tolist() == pytest.approx([0.6, 0.8, 0.6])
+
+
+def test_confusion_from_pairs_counts_by_class_name_in_class_order():
+    pairs = pd.DataFrame({"actual": ["b", "b", "a", "c"], "predicted": ["b", "a", "a", "b"]})
+    matrix = confusion_from_pairs(pairs, ["a", "b", "c"])
+    assert matrix.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 0]]
+
+
+def test_rolling_mean_smooths_within_each_variant():
+    curves = pd.DataFrame(
+        {"variant": ["a"] * 3 + ["b"] * 2, "step": [0, 1, 2, 0, 1], "mean": [1.0, 3.0, 5.0, 10.0, 20.0]}
+    )
+    curves["std"] = 0.0
+    smoothed = rolling_mean(curves, window=2)
+    assert smoothed["mean"].tolist() == [1.0, 2.0, 4.0, 10.0, 15.0]  # b does not mix with a
+
+
+def test_upsampling_layers_of_the_shipped_variants():
+    variants = load_params("params.yaml").variants
+    assert upsampling_layer_names(variants["baseline"]) == []
+    assert upsampling_layer_names(variants["transposed"]) == ["1_conv_transpose"]
+    assert upsampling_layer_names(variants["transposed_deep"]) == ["2_conv_transpose", "3_conv_transpose"]
+    assert upsampling_layer_names(variants["resize_conv"]) == ["1_upsample", "2_conv"]
