@@ -155,7 +155,7 @@ def test_comparison_has_one_row_per_run_and_summary_per_variant(repo: Path):
     assert (summary.n_seeds == len(SEEDS)).all()
     assert summary.loc[0, "trainable_params"] == 57_722
     assert summary.loc[1, "trainable_params"] == 810_362
-    for figure in ("accuracy_vs_time", "learning_curves_val_accuracy", "confusion_matrices", "feature_maps"):
+    for figure in ("accuracy_vs_time", "learning_curves_val_accuracy", "confusion_matrices", "feature_maps_transposed"):
         assert (repo / "reports" / "figures" / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,9 @@ from pipeline.figures import (
     learning_curves_figure,
 )
 from pipeline.stages import run_stage
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FEATURE_MAP_IMAGES = 3
 
@@ -62,9 +66,7 @@ def main(argv: list[str] | None = None) -> None:
             {v: reporting.confusion_from_pairs(pd.concat(p), data.classes) for v, p in matrices.items()}, data.classes
         ),
     }
-    maps_figure = _feature_maps(params, args.models, data.x_test[:FEATURE_MAP_IMAGES])
-    if maps_figure is not None:
-        figures["feature_maps.png"] = maps_figure
+    figures.update(_feature_maps(params, args.models, data.x_test[:FEATURE_MAP_IMAGES]))
 
     title = f"{data.dataset}, {len(params.train.seeds)} seeds, {params.train.steps} steps"
     markdown = reporting.summary_markdown(summary, title=title)
@@ -126,18 +128,20 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown, file=sys.stderr)
 
 
-def _feature_maps(params, models_dir: Path, images: np.ndarray):
-    """Activations after each upsampling layer, for the first seed of every variant that has one."""
+def _feature_maps(params, models_dir: Path, images: np.ndarray) -> dict[str, Figure]:
+    """Per variant with upsampling layers: their activations for a few test images (first seed)."""
     import keras
 
-    maps: dict[str, np.ndarray] = {}
+    figures = {}
     for variant, spec in params.variants.items():
         names = models.upsampling_layer_names(spec)
         if names:
             model = keras.saving.load_model(models_dir / variant / f"seed-{params.train.seeds[0]}" / "model.keras")
-            for name, output in models.activations(model, names, images).items():
-                maps[f"{variant}: {name}"] = output
-    return feature_maps_figure(images, maps) if maps else None
+            maps = models.activations(model, names, images)
+            figure = feature_maps_figure(images, maps)
+            figure.suptitle(f"{variant}: feature maps after each upsampling layer (each panel scaled to its own range)")
+            figures[f"feature_maps_{variant}.png"] = figure
+    return figures
 
 
 if __name__ == "__main__":
