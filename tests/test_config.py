@@ -100,3 +100,28 @@ def test_a_stage_reports_a_bad_param_without_a_traceback(tmp_path):
     assert "did you mean 'steps'?" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_variant_whose_shapes_cannot_work_is_rejected_before_any_download(tmp_path):
+    raw = copy.deepcopy(SHIPPED)
+    raw["variants"]["transposed"]["layers"].insert(2, {"type": "dense", "units": 8})  # before flatten
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.stages.fetch",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--out",
+            str(tmp_path / "raw"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "error: variants.transposed: layer 2 (dense): dense needs a flat input" in result.stderr
+    assert "add {type: flatten} before it" in result.stderr
+    assert not (tmp_path / "raw").exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.config import load_params
 from pipeline.datasets import fetch_dataset, resolve_dataset
+from pipeline.models import check_variant
 from pipeline.stages import run_stage
 
 
@@ -17,8 +18,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no download progress bars")
     args = parser.parse_args(argv)
 
-    data = load_params(args.params).data
+    params = load_params(args.params)
+    data = params.data
     dataset = resolve_dataset(data.dataset, data.sha256)
+    if dataset.classes:  # registered datasets are 28x28 grey images: check every variant before downloading
+        for name, variant in params.variants.items():
+            check_variant(name, variant, (28, 28, 1), len(dataset.classes))
     dest = args.out / dataset.name
     paths = fetch_dataset(dataset, data.mirrors, dest, timeout=data.timeout_seconds, progress=not args.no_progress)
     total = sum(p.stat().st_size for p in paths.values())
