@@ -83,7 +83,7 @@ def edit_params(project: Path, **train: object) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_training_ends_the_run_killed_and_writes_no_outputs(project: Path, signum: int):
-    edit_params(project, steps=10_000_000, validation_every=100)
+    edit_params(project, steps=1_000_000, validation_every=100)
     proc = subprocess.Popen(train_cmd(), cwd=project, env=stage_env(project), stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # wait until training is under way
         if "step     0/" in line:

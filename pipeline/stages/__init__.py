@@ -39,6 +39,9 @@ def run_stage(
 ) -> None:
     """Run a stage's main; turn user errors, Ctrl-C and SIGTERM into a message and a non-zero exit."""
     signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C must stop a stage even when it was started from a shell that ignores SIGINT (a
+    # background job, some CI runners): Python keeps such an inherited SIG_IGN otherwise
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if tensorflow:
             _import_tensorflow_quietly()
