@@ -33,6 +33,10 @@ mkdir -p "$STATE"
 STATE=$(cd "$STATE" && pwd)
 # PostgreSQL refuses to run as root: as root, run it as the postgres user
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if ! as_pg test -x "$STATE"; then
+  echo "error: the postgres user cannot enter $STATE: choose a MLFLOW_SERVER_DIR it can reach" >&2
+  exit 2
+fi
 if [ ! -f "$STATE/pgdata/PG_VERSION" ]; then
   mkdir -p "$STATE/pgdata" "$STATE/run"
   [ "$(id -u)" = 0 ] && chown postgres "$STATE/pgdata" "$STATE/run"

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -29,11 +30,13 @@ def have_postgres() -> bool:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server():
     if not have_postgres():
         pytest.skip("PostgreSQL is not installed (.ci/run installs it: apt-get install postgresql)")
     port = free_port()
-    state = tmp_path_factory.mktemp("server")
+    # not under pytest's private (0700) temp root: PostgreSQL runs as the postgres user when we are root
+    state = Path(tempfile.mkdtemp(prefix="mlflow-server-"))
+    state.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(
         MLFLOW_PORT=str(port),
@@ -66,6 +69,7 @@ def server(tmp_path_factory):
     os.killpg(proc.pid, 15)
     proc.wait(timeout=60)
     log.close()
+    shutil.rmtree(state, ignore_errors=True)
 
 
 def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path: Path):
@@ -109,6 +113,6 @@ def test_dvc_remote_push_then_pull_restores_everything(tmp_path: Path):
     shutil.rmtree(repo / ".dvc" / "cache")
     for out in ("data", "models"):
         shutil.rmtree(repo / out)
-    dvc(repo, "pull")
+    dvc(repo, "pull", "--with-deps", "train@transposed-1")
     assert model.read_bytes() == before
     assert {"fetch", "prepare", "train@transposed-1"}.isdisjoint(changed_stages(repo))
