@@ -105,3 +105,20 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path} not found: run the stage that writes it first (dvc repro)") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON ({exc}): rerun the stage that writes it") from None
+
+
+def write_trained(directory: Path, model: Any, result: Any, *, spec: dict, run: dict) -> None:
+    """A train stage's outputs, all or nothing: model.keras, history.csv (every step),
+    validation.csv, spec.json (the resolved variant) and run.json (timings, counts, run id)."""
+    import pandas as pd
+
+    with atomic_dir(directory) as out:
+        model.save(out / "model.keras")
+        pd.DataFrame({"step": result.steps, "loss": result.loss, "accuracy": result.accuracy}).to_csv(
+            out / "history.csv", index=False
+        )
+        pd.DataFrame(
+            {"step": result.val_steps, "val_loss": result.val_loss, "val_accuracy": result.val_accuracy}
+        ).to_csv(out / "validation.csv", index=False)
+        write_json(out / "spec.json", spec)
+        write_json(out / "run.json", run)

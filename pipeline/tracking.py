@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -196,6 +197,40 @@ def log_steps(metrics: Mapping[str, list[float]], steps: list[int]) -> None:
                 batch = []
     if batch:
         client.log_batch(run_id, metrics=batch, synchronous=False)
+
+
+class StepLogger:
+    """Logs a growing training history to the active run, only what is new each time.
+
+    A failed call is retried with the next chunk, so a flaky tracking server loses no step and never
+    stops training; `retry_later=False` (the last call) raises instead.
+    """
+
+    def __init__(self) -> None:
+        self.logged = self.val_logged = 0
+        self.warned = False
+
+    def log(self, result: Any, *, retry_later: bool = True) -> None:
+        try:
+            log_steps(
+                {"loss": result.loss[self.logged :], "accuracy": result.accuracy[self.logged :]},
+                result.steps[self.logged :],
+            )
+            self.logged = len(result.steps)
+            log_steps(
+                {
+                    "val_loss": result.val_loss[self.val_logged :],
+                    "val_accuracy": result.val_accuracy[self.val_logged :],
+                },
+                result.val_steps[self.val_logged :],
+            )
+            self.val_logged = len(result.val_steps)
+        except Exception as exc:
+            if not retry_later:
+                raise
+            if not self.warned:
+                print(f"warning: MLflow logging failed ({exc}); training goes on, will retry", file=sys.stderr)
+                self.warned = True
 
 
 def log_keras_model(model: Any, sample: Any) -> None:

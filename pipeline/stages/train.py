@@ -7,8 +7,6 @@ import resource
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from pipeline import artifacts, models, tracking
 from pipeline.config import load_params
 from pipeline.errors import ConfigError, TrackingError, UserError
@@ -51,29 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         dataset_sha256=",".join(data.source_sha256),
     )
     name = tracking.run_name(args.variant, args.seed)
-    logged = 0
-
-    def log_new_steps(result: TrainResult) -> None:
-        """Log what is not logged yet; a failed call is retried with the next chunk, so a flaky
-        tracking server loses nothing and never stops training."""
-        nonlocal logged, val_logged, warned
-        try:
-            tracking.log_steps(
-                {"loss": result.loss[logged:], "accuracy": result.accuracy[logged:]}, result.steps[logged:]
-            )
-            logged = result.steps_done
-            tracking.log_steps(
-                {"val_loss": result.val_loss[val_logged:], "val_accuracy": result.val_accuracy[val_logged:]},
-                result.val_steps[val_logged:],
-            )
-            val_logged = len(result.val_steps)
-        except Exception as exc:  # noqa: BLE001 (any tracking failure: keep training, retry later)
-            if not warned:
-                print(f"warning: MLflow logging failed ({exc}); training goes on, will retry", file=sys.stderr)
-                warned = True
+    step_logger = tracking.StepLogger()
 
     def progress(result: TrainResult) -> None:
-        log_new_steps(result)
+        step_logger.log(result)
         if result.val_steps and result.val_steps[-1] == result.steps[-1]:
             print(
                 f"{name}: step {result.val_steps[-1]:>5}/{config.steps}  loss {result.loss[-1]:.4f}"
@@ -85,8 +64,6 @@ def main(argv: list[str] | None = None) -> None:
 
     import mlflow
 
-    logged = val_logged = 0
-    warned = False
     model_dir = args.out / args.variant / f"seed-{args.seed}"
     with tracking.tracked_run(experiment_id, name=name, tags=tags) as run:
         mlflow.log_params(
@@ -125,26 +102,17 @@ def main(argv: list[str] | None = None) -> None:
             "peak_memory_mb": peak_memory_mb(),
         }
         # the trained model and its metrics reach the disk before anything else can fail
-        with artifacts.atomic_dir(model_dir) as out:
-            model.save(out / "model.keras")
-            pd.DataFrame({"step": result.steps, "loss": result.loss, "accuracy": result.accuracy}).to_csv(
-                out / "history.csv", index=False
-            )
-            pd.DataFrame(
-                {"step": result.val_steps, "val_loss": result.val_loss, "val_accuracy": result.val_accuracy}
-            ).to_csv(out / "validation.csv", index=False)
-            artifacts.write_json(out / "spec.json", {"variant": args.variant, **variant.model_dump()})
-            artifacts.write_json(out / "run.json", summary)
+        artifacts.write_trained(
+            model_dir, model, result, spec={"variant": args.variant, **variant.model_dump()}, run=summary
+        )
         try:
-            log_new_steps(result)
+            step_logger.log(result, retry_later=False)
             mlflow.log_metrics({k: v for k, v in summary.items() if k in _METRICS and v is not None})
             mlflow.log_artifact(str(model_dir / "spec.json"))
             tracking.log_keras_model(model, data.x_valid[:2] if len(data.x_valid) else data.x_train[:2])
             if result.diverged_at is not None:
                 mlflow.set_tag("diverged_at_step", result.diverged_at)
             mlflow.flush_async_logging()
-            if logged < result.steps_done:
-                raise RuntimeError("per-step metrics could not be logged")
         except Exception as exc:
             raise TrackingError(
                 f"{name}: training finished and its model and metrics are saved in {model_dir}, but logging"
