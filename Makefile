@@ -22,8 +22,8 @@ test: setup  ## the test suite (no network)
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check pipeline tests
-	$(BIN)/ruff format --check pipeline tests
+	$(BIN)/ruff check pipeline tests benchmarks
+	$(BIN)/ruff format --check pipeline tests benchmarks
 
 bench: setup  ## training speed: ours vs plain Keras model.fit; writes reports/benchmark.json
 	$(BIN)/python -m benchmarks.bench_training
