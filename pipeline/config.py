@@ -123,6 +123,8 @@ class TrainConfig(Strict):
     # a run whose loss becomes NaN/inf: "record" it as a diverged run (marked FAILED in MLflow, counted
     # in the report) and go on with the others, or "fail" the stage
     on_divergence: Literal["record", "fail"] = "record"
+    # none | mirrored (all local GPUs) | multi_worker (tf.distribute over the workers in TF_CONFIG)
+    distribution: Literal["none", "mirrored", "multi_worker"] = "none"
 
     @field_validator("seeds")
     @classmethod

@@ -45,6 +45,14 @@ def tracking_uri(root: Path | None = None) -> str:
     return f"sqlite:///{project_root(root) / STORE_FILE}"
 
 
+def use_scratch_store() -> None:
+    """Send this process's logging to a throwaway store: for the non-chief workers of a
+    multi-worker run, which train in lockstep with the chief but must not log the run twice."""
+    import tempfile
+
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='mlflow-worker-')}/scratch.db"
+
+
 def run_name(variant: str, seed: int) -> str:
     return f"{variant}/seed-{seed}"
 

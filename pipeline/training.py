@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from pipeline.config import TrainConfig
 
 if TYPE_CHECKING:
     import keras
+    import tensorflow as tf
 
 
 @dataclass
@@ -63,6 +66,32 @@ def batch_order(num_examples: int, batch_size: int, steps: int, seed: int) -> np
     return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
+def make_strategy(kind: str) -> tf.distribute.Strategy | None:
+    """train.distribution: "none" (default), "mirrored" (all local GPUs) or "multi_worker"
+    (MultiWorkerMirroredStrategy over the workers in the standard TF_CONFIG). Create it first thing:
+    TensorFlow needs the multi-worker strategy before any other op runs."""
+    import tensorflow as tf
+
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return None
+
+
+def is_chief() -> bool:
+    """The worker that logs to MLflow: task "chief", or worker 0 when the cluster has no chief."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task", {})
+    if task.get("type") == "chief":
+        return True
+    return (
+        "chief" not in config.get("cluster", {})
+        and task.get("type", "worker") == "worker"
+        and task.get("index", 0) == 0
+    )
+
+
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     import keras
 
@@ -78,7 +107,15 @@ class Trainer:
     the graph and returns every step's loss and minibatch accuracy at once.
     """
 
-    def __init__(self, model: keras.Model, config: TrainConfig, x_train: np.ndarray, y_train: np.ndarray):
+    def __init__(
+        self,
+        model: keras.Model,
+        config: TrainConfig,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
+        """With a tf.distribute strategy, build the model and this Trainer inside strategy.scope()."""
         import keras
         import tensorflow as tf
 
@@ -110,11 +147,55 @@ class Trainer:
                 accuracies = accuracies.write(i, tf.reduce_mean(tf.cast(correct, tf.float32)))
             return losses.stack(), accuracies.stack()
 
+        if strategy is not None:
+            run_steps = self._distributed_steps(strategy, config.batch_size)
+
         def predict(x: tf.Tensor) -> tf.Tensor:
             return model(x, training=False)
 
         self._run_steps = tf.function(run_steps, input_signature=[tf.TensorSpec([None, config.batch_size], tf.int32)])
         self._predict = tf.function(predict, input_signature=[tf.TensorSpec([None, *x_train.shape[1:]], tf.float32)])
+
+    def _distributed_steps(self, strategy: tf.distribute.Strategy, batch_size: int) -> Callable:
+        """The same loop, each step's batch split across the strategy's replicas (devices or workers).
+
+        Every replica takes its own slice of the step's indices; gradients are summed across replicas
+        by the optimizer, so all replicas keep identical weights.
+        """
+        import keras
+        import tensorflow as tf
+
+        replicas = strategy.num_replicas_in_sync
+        if batch_size % replicas:
+            raise ValueError(f"train.batch_size {batch_size} must be divisible by the {replicas} replicas")
+        model, variables = self.model, self.model.trainable_variables
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+        def replica_step(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            context = tf.distribute.get_replica_context()
+            mine = tf.reshape(indices, [replicas, -1])[context.replica_id_in_sync_group]
+            x, y = tf.gather(self._x, mine), tf.gather(self._y, mine)
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                loss = tf.nn.compute_average_loss(loss_fn(y, logits), global_batch_size=batch_size)
+                if model.losses:
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            grads = tape.gradient(loss, variables)
+            self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+            correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+            return loss, tf.reduce_sum(tf.cast(correct, tf.float32)) / batch_size
+
+        def run_steps(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            count = tf.shape(indices)[0]
+            losses = tf.TensorArray(tf.float32, size=count)
+            accuracies = tf.TensorArray(tf.float32, size=count)
+            for i in tf.range(count):
+                loss, accuracy = strategy.run(replica_step, args=(indices[i],))
+                losses = losses.write(i, strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None))
+                accuracies = accuracies.write(i, strategy.reduce(tf.distribute.ReduceOp.SUM, accuracy, axis=None))
+            return losses.stack(), accuracies.stack()
+
+        return run_steps
 
     def trace(self) -> float:
         """Compile the graphs once, ahead of timing; returns the seconds it took."""

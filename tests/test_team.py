@@ -116,3 +116,60 @@ def test_dvc_remote_push_then_pull_restores_everything(tmp_path: Path):
     dvc(repo, "pull", "--with-deps", "train@transposed-1")
     assert model.read_bytes() == before
     assert {"fetch", "prepare", "train@transposed-1"}.isdisjoint(changed_stages(repo))
+
+
+def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_logs(tmp_path: Path):
+    import json
+
+    import keras
+    import mlflow
+    import numpy as np
+    import yaml
+    from test_stage_faults import write_prepared
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["variants"] = {"baseline": params["variants"]["baseline"]}
+    params["train"].update(steps=30, validation_every=10, seeds=[1], distribution="multi_worker")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_prepared(tmp_path / "tiny.npz")
+    ports = [free_port(), free_port()]
+    procs = []
+    for rank in (0, 1):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        env.update(
+            PYTHONPATH=str(ROOT),
+            TF_CPP_MIN_LOG_LEVEL="3",
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": rank}}),
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "pipeline.stages.train",
+            "--variant",
+            "baseline",
+            "--seed",
+            "1",
+            "--data",
+            "tiny.npz",
+            "--out",
+            f"models-{rank}",
+        ]
+        procs.append(subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True))
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    weights = [
+        keras.saving.load_model(tmp_path / f"models-{rank}" / "baseline" / "seed-1" / "model.keras").get_weights()
+        for rank in (0, 1)
+    ]
+    for chief_array, worker_array in zip(*weights, strict=True):
+        np.testing.assert_array_equal(chief_array, worker_array)
+    histories = [
+        json.loads((tmp_path / f"models-{r}" / "baseline" / "seed-1" / "run.json").read_text()) for r in (0, 1)
+    ]
+    assert histories[0]["steps"] == histories[1]["steps"] == 30
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("deconvolution").experiment_id], output_format="list")
+    assert len(runs) == 1  # the chief's; worker 1 logged to a scratch store
+    assert runs[0].data.params["train.distribution"] == "multi_worker"
+    assert runs[0].info.status == "FINISHED"

@@ -111,3 +111,41 @@ def test_cross_entropy_by_hand():
     loss, accuracy = cross_entropy_and_accuracy(logits, labels)
     assert loss == pytest.approx((np.log(2) + np.log(4)) / 2)
     assert accuracy == 0.5
+
+
+def test_the_mirrored_strategy_path_trains_like_the_plain_one():
+    import tensorflow as tf
+
+    from pipeline.training import is_chief, make_strategy
+
+    assert make_strategy("none") is None
+    strategy = make_strategy("mirrored")  # one CPU replica here; all GPUs on a GPU machine
+    config = TrainConfig(steps=61, validation_every=20, initializer="keras")
+    x, y = easy_data(400)
+    seed_everything(1)
+    with strategy.scope():
+        model = build_model(SPEC, (28, 28, 1), 10, seed=1)
+        trainer = Trainer(model, config, x, y, strategy=strategy)
+    result = train(trainer, x[:100], y[:100], seed=1)
+    _, plain = run(config, seed=1)
+    assert result.val_accuracy[-1] > 0.5
+    assert result.loss[0] == pytest.approx(plain.loss[0], rel=1e-4)  # same first step, summed another way
+    assert isinstance(strategy, tf.distribute.MirroredStrategy)
+    assert is_chief()  # no TF_CONFIG: a single process is its own chief
+
+
+def test_chief_from_tf_config(monkeypatch):
+    import json
+
+    from pipeline.training import is_chief
+
+    cluster = {"worker": ["a:1", "b:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert not is_chief()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert is_chief()
+    with_chief = {"chief": ["c:0"], **cluster}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}}))
+    assert not is_chief()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "chief", "index": 0}}))
+    assert is_chief()

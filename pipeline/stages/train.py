@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from pipeline import artifacts, models, tracking
 from pipeline.config import load_params
 from pipeline.errors import ConfigError, TrackingError, UserError
 from pipeline.stages import run_stage
-from pipeline.training import Trainer, TrainResult, seed_everything, train
+from pipeline.training import Trainer, TrainResult, is_chief, make_strategy, seed_everything, train
 
 
 def peak_memory_mb() -> float:
@@ -31,15 +32,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.variant not in params.variants:
         raise ConfigError(f"variant {args.variant!r} is not in {args.params}; known: {', '.join(params.variants)}")
     variant, config = params.variants[args.variant], params.train
+    strategy = make_strategy(config.distribution)  # before any other TensorFlow op
+    if not is_chief():
+        tracking.use_scratch_store()  # other workers train in lockstep; only the chief logs to MLflow
     data = artifacts.load_prepared(args.data)
     infos = models.check_variant(args.variant, variant, data.input_shape, data.num_classes)
     experiment_id = tracking.connect()  # fails fast when a tracking server is down
 
     seed_everything(args.seed)
-    model = models.build_model(
-        variant, data.input_shape, data.num_classes, initializer=config.initializer, seed=args.seed
-    )
-    trainer = Trainer(model, config, data.x_train, data.y_train)
+    with strategy.scope() if strategy else nullcontext():
+        model = models.build_model(
+            variant, data.input_shape, data.num_classes, initializer=config.initializer, seed=args.seed
+        )
+        try:
+            trainer = Trainer(model, config, data.x_train, data.y_train, strategy=strategy)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     stage = f"train@{args.variant}-{args.seed}"
     tags = tracking.run_tags(
         variant=args.variant,
