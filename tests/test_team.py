@@ -101,6 +101,22 @@ def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path:
 
     assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
 
+    # a grid of queued experiments run by two workers lands on the shared server too
+    for batch_size in (41, 43):
+        dvc(repo, "exp", "run", "--queue", "--name", f"grid-{batch_size}", "-S", f"evaluate.batch_size={batch_size}")
+    dvc(repo, "queue", "start", "-j", "2", MLFLOW_TRACKING_URI=server)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(repo, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+    summaries = client.search_runs([experiment.experiment_id], filter_string="tags.summary = 'true'")
+    assert {r.data.tags.get("dvc.experiment") for r in summaries} >= {"grid-41", "grid-43"}
+    assert {"grid-41", "grid-43"} <= set(dvc(repo, "exp", "show", "--csv").stdout.replace(",", " ").split())
+    assert not (repo / "mlflow.db").exists()
+
 
 def test_dvc_remote_push_then_pull_restores_everything(tmp_path: Path):
     repo = tmp_path / "project"
