@@ -204,19 +204,27 @@ def test_dvc_exp_run_in_a_temporary_copy_lands_in_the_workspace_store(repo: Path
     assert "eval-batch-50" in dvc(repo, "exp", "list", "--name-only").stdout
 
 
-def test_parallel_queued_experiments_all_land_in_the_embedded_store(repo: Path):
+def run_queued_grid(repo: Path, prefix: str, **extra_env: str) -> str:
+    """Queue two experiments (evaluate.batch_size 41 and 43), run them with two workers, wait; the status."""
     import time
 
-    before = {r.info.run_id for r in mlflow_runs(repo)[1]}
     for batch_size in (41, 43):
-        dvc(repo, "exp", "run", "--queue", "--name", f"eval-{batch_size}", "-S", f"evaluate.batch_size={batch_size}")
-    dvc(repo, "queue", "start", "-j", "2")
+        dvc(
+            repo, "exp", "run", "--queue", "--name", f"{prefix}-{batch_size}", "-S", f"evaluate.batch_size={batch_size}"
+        )
+    dvc(repo, "queue", "start", "-j", "2", **extra_env)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         status = dvc(repo, "queue", "status").stdout
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(3)
+    return status
+
+
+def test_parallel_queued_experiments_all_land_in_the_embedded_store(repo: Path):
+    before = {r.info.run_id for r in mlflow_runs(repo)[1]}
+    status = run_queued_grid(repo, "eval")
     assert "Failed" not in status, status + dvc(repo, "queue", "logs", "eval-41").stdout
     assert status.count("Success") >= 2, status
     new = [r for r in mlflow_runs(repo)[1] if r.info.run_id not in before]

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_pipeline_e2e import SEEDS, VARIANTS, changed_stages, dvc, make_repo
+from test_pipeline_e2e import SEEDS, VARIANTS, changed_stages, dvc, make_repo, run_queued_grid
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,15 +102,7 @@ def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path:
     assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
 
     # a grid of queued experiments run by two workers lands on the shared server too
-    for batch_size in (41, 43):
-        dvc(repo, "exp", "run", "--queue", "--name", f"grid-{batch_size}", "-S", f"evaluate.batch_size={batch_size}")
-    dvc(repo, "queue", "start", "-j", "2", MLFLOW_TRACKING_URI=server)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = dvc(repo, "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
+    status = run_queued_grid(repo, "grid", MLFLOW_TRACKING_URI=server)
     assert status.count("Success") == 2, status
     summaries = client.search_runs([experiment.experiment_id], filter_string="tags.summary = 'true'")
     assert {r.data.tags.get("dvc.experiment") for r in summaries} >= {"grid-41", "grid-43"}
@@ -141,7 +133,7 @@ def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_lo
     import mlflow
     import numpy as np
     import yaml
-    from test_stage_faults import write_prepared
+    from test_stage_faults import stage_env, train_cmd, write_prepared
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["variants"] = {"baseline": params["variants"]["baseline"]}
@@ -151,26 +143,9 @@ def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_lo
     ports = [free_port(), free_port()]
     procs = []
     for rank in (0, 1):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-        env.update(
-            PYTHONPATH=str(ROOT),
-            TF_CPP_MIN_LOG_LEVEL="3",
-            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": rank}}),
-        )
-        command = [
-            sys.executable,
-            "-m",
-            "pipeline.stages.train",
-            "--variant",
-            "baseline",
-            "--seed",
-            "1",
-            "--data",
-            "tiny.npz",
-            "--out",
-            f"models-{rank}",
-        ]
+        task = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": rank}}
+        env = stage_env(tmp_path, TF_CONFIG=json.dumps(task))
+        command = train_cmd("--out", f"models-{rank}")
         procs.append(subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True))
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
