@@ -62,23 +62,17 @@ def ours_images_per_second(spec, config, x, y, steps: int, store: Path) -> float
 
     from pipeline import tracking
     from pipeline.models import build_model
-    from pipeline.training import Trainer, TrainResult, seed_everything, train
+    from pipeline.training import Trainer, seed_everything, train
 
     config = config.model_copy(update={"steps": steps})
     seed_everything(1)
     model = build_model(spec, x.shape[1:], 10, initializer=config.initializer, seed=1)
     trainer = Trainer(model, config, x, y)
-    logged = 0
-
-    def progress(result: TrainResult) -> None:  # the same logging calls as the train stage
-        nonlocal logged
-        tracking.log_steps({"loss": result.loss[logged:], "accuracy": result.accuracy[logged:]}, result.steps[logged:])
-        logged = result.steps_done
-        tracking.log_steps({"val_accuracy": [result.val_accuracy[-1]]}, [result.val_steps[-1]])
+    step_logger = tracking.StepLogger()  # the train stage's own per-chunk logging
 
     with tracking.tracked_run(tracking.connect(store)):
         start = time.perf_counter()
-        result = train(trainer, x[:500], y[:500], seed=1, on_chunk=progress)
+        result = train(trainer, x[:500], y[:500], seed=1, on_chunk=step_logger.log)
         mlflow.flush_async_logging()
         wall = time.perf_counter() - start - result.trace_seconds
     return result.steps_done * config.batch_size / wall
