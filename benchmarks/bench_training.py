@@ -58,8 +58,6 @@ def peer_images_per_second(spec, config, x, y, steps: int) -> float:
 
 def ours_images_per_second(spec, config, x, y, steps: int, store: Path) -> float:
     """The train stage's path: Trainer + train() with per-step MLflow logging, as pipeline.stages.train."""
-    import mlflow
-
     from pipeline import tracking
     from pipeline.models import build_model
     from pipeline.training import Trainer, seed_everything, train
@@ -68,12 +66,12 @@ def ours_images_per_second(spec, config, x, y, steps: int, store: Path) -> float
     seed_everything(1)
     model = build_model(spec, x.shape[1:], 10, initializer=config.initializer, seed=1)
     trainer = Trainer(model, config, x, y)
-    step_logger = tracking.StepLogger()  # the train stage's own per-chunk logging
 
     with tracking.tracked_run(tracking.connect(store)):
+        step_logger = tracking.StepLogger()  # the train stage's own per-chunk logging
         start = time.perf_counter()
         result = train(trainer, x[:500], y[:500], seed=1, on_chunk=step_logger.log)
-        mlflow.flush_async_logging()
+        step_logger.close(result)
         wall = time.perf_counter() - start - result.trace_seconds
     return result.steps_done * config.batch_size / wall
 

@@ -167,7 +167,6 @@ def tracked_run(
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=name, tags=dict(tags or {}))
     try:
         yield run
-        mlflow.flush_async_logging()
     except KeyboardInterrupt:
         _end_run_quietly("KILLED")
         raise
@@ -186,59 +185,92 @@ def _end_run_quietly(status: str) -> None:
         mlflow.end_run(status)
 
 
-def log_steps(metrics: Mapping[str, list[float]], steps: list[int]) -> None:
-    """Log per-step series in batches (one call per 1000 values), not one call per value."""
+def log_steps(metrics: Mapping[str, list[float]], steps: list[int], run_id: str) -> None:
+    """Log per-step series to a run in batches (one call per 1000 values), not one call per value."""
     import time
 
     import mlflow
     from mlflow.entities import Metric
 
     client = mlflow.MlflowClient()
-    run_id = mlflow.active_run().info.run_id
     now = int(time.time() * 1000)
     batch: list[Metric] = []
     for key, values in metrics.items():
         for step, value in zip(steps, values, strict=True):
             batch.append(Metric(key, float(value), now, int(step)))
             if len(batch) == 1000:
-                client.log_batch(run_id, metrics=batch, synchronous=False)
+                client.log_batch(run_id, metrics=batch)
                 batch = []
     if batch:
-        client.log_batch(run_id, metrics=batch, synchronous=False)
+        client.log_batch(run_id, metrics=batch)
 
 
 class StepLogger:
-    """Logs a growing training history to the active run, only what is new each time.
+    """Logs a growing training history to the active run, only what is new each time, in a background
+    thread: a slow tracking store never stalls a training step.
 
-    A failed call is retried with the next chunk, so a flaky tracking server loses no step and never
-    stops training; `retry_later=False` (the last call) raises instead.
+    While one send is in flight, new values wait for the next call. A failed send is retried with the
+    next call, so a flaky tracking server loses no step and never stops training; `close()` sends what
+    is left in the calling thread and raises if that fails. (MLflow's own async logging is not used: its
+    queue polls with a 1 s timeout, so every flush and end of run waited up to a second for nothing.)
     """
 
     def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import mlflow
+
+        self.run_id = mlflow.active_run().info.run_id  # the active run is thread-local in MLflow
         self.logged = self.val_logged = 0
         self.warned = False
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-steps")
+        self._pending: Any = None
 
-    def log(self, result: Any, *, retry_later: bool = True) -> None:
+    def _send(self, result: Any, logged: int, val_logged: int) -> tuple[int, int]:
+        steps, val_steps = len(result.steps), len(result.val_steps)
+        log_steps(
+            {"loss": result.loss[logged:steps], "accuracy": result.accuracy[logged:steps]},
+            result.steps[logged:steps],
+            self.run_id,
+        )
+        log_steps(
+            {
+                "val_loss": result.val_loss[val_logged:val_steps],
+                "val_accuracy": result.val_accuracy[val_logged:val_steps],
+            },
+            result.val_steps[val_logged:val_steps],
+            self.run_id,
+        )
+        return steps, val_steps
+
+    def _collect(self) -> bool:
+        """Take in the outcome of the send in flight; False while it is still running."""
+        if self._pending is None:
+            return True
+        if not self._pending.done():
+            return False
         try:
-            log_steps(
-                {"loss": result.loss[self.logged :], "accuracy": result.accuracy[self.logged :]},
-                result.steps[self.logged :],
-            )
-            self.logged = len(result.steps)
-            log_steps(
-                {
-                    "val_loss": result.val_loss[self.val_logged :],
-                    "val_accuracy": result.val_accuracy[self.val_logged :],
-                },
-                result.val_steps[self.val_logged :],
-            )
-            self.val_logged = len(result.val_steps)
+            self.logged, self.val_logged = self._pending.result()
         except Exception as exc:
-            if not retry_later:
-                raise
             if not self.warned:
                 print(f"warning: MLflow logging failed ({exc}); training goes on, will retry", file=sys.stderr)
                 self.warned = True
+        self._pending = None
+        return True
+
+    def log(self, result: Any) -> None:
+        """Send what is new since the last send, in the background; never waits for the store."""
+        if self._collect():
+            # the training loop only appends to these lists: a snapshot of the lengths is consistent
+            self._pending = self._pool.submit(self._send, result, self.logged, self.val_logged)
+
+    def close(self, result: Any) -> None:
+        """Wait for the send in flight, then send the rest here; raises when the store still fails."""
+        if self._pending is not None:
+            self._pending.exception()  # wait; a failure is retried below
+            self._collect()
+        self._pool.shutdown(wait=True)
+        self.logged, self.val_logged = self._send(result, self.logged, self.val_logged)
 
 
 def log_keras_model(model: Any, sample: Any) -> None:

@@ -57,7 +57,6 @@ def main(argv: list[str] | None = None) -> None:
         dataset_sha256=",".join(data.source_sha256),
     )
     name = tracking.run_name(args.variant, args.seed)
-    step_logger = tracking.StepLogger()
 
     def progress(result: TrainResult) -> None:
         step_logger.log(result)
@@ -74,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model_dir = args.out / args.variant / f"seed-{args.seed}"
     with tracking.tracked_run(experiment_id, name=name, tags=tags) as run:
+        step_logger = tracking.StepLogger()
         mlflow.log_params(
             {
                 "variant": args.variant,
@@ -114,13 +114,12 @@ def main(argv: list[str] | None = None) -> None:
             model_dir, model, result, spec={"variant": args.variant, **variant.model_dump()}, run=summary
         )
         try:
-            step_logger.log(result, retry_later=False)
+            step_logger.close(result)
             mlflow.log_metrics({k: v for k, v in summary.items() if k in _METRICS and v is not None})
             mlflow.log_artifact(str(model_dir / "spec.json"))
             tracking.log_keras_model(model, data.x_valid[:2] if len(data.x_valid) else data.x_train[:2])
             if result.diverged_at is not None:
                 mlflow.set_tag("diverged_at_step", result.diverged_at)
-            mlflow.flush_async_logging()
         except Exception as exc:
             raise TrackingError(
                 f"{name}: training finished and its model and metrics are saved in {model_dir}, but logging"
