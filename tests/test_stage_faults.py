@@ -38,17 +38,23 @@ def write_prepared(path: Path, n: int = 400) -> None:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path)
+
+
+def make_project(directory: Path) -> Path:
+    """A stage's working directory: params.yaml with the baseline only, 60 steps, and tiny.npz."""
+    directory.mkdir(exist_ok=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["variants"] = {"baseline": params["variants"]["baseline"]}
     params["train"].update(steps=60, validation_every=20, seeds=[1])
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    write_prepared(tmp_path / "tiny.npz")
-    return tmp_path
+    (directory / "params.yaml").write_text(yaml.safe_dump(params))
+    write_prepared(directory / "tiny.npz")
+    return directory
 
 
 def stage_env(project: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", **extra)
+    env.update({"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", **extra})
     return env
 
 

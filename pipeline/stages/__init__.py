@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+from pipeline import worker
 from pipeline.errors import UserError
 
 
@@ -20,7 +21,6 @@ def _import_tensorflow_quietly() -> None:
     TF_CPP_MIN_LOG_LEVEL does not reach messages logged before absl is initialised, so stderr is
     pointed at /dev/null for the import alone; Python errors still propagate.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules:
         return
     sys.stderr.flush()
@@ -37,7 +37,19 @@ def _import_tensorflow_quietly() -> None:
 def run_stage(
     main: Callable[[list[str] | None], None], argv: list[str] | None = None, *, tensorflow: bool = True
 ) -> None:
-    """Run a stage's main; turn user errors, Ctrl-C and SIGTERM into a message and a non-zero exit."""
+    """Run a stage's main; turn user errors, Ctrl-C and SIGTERM into a message and a non-zero exit.
+
+    A stage that needs TensorFlow, started as `python -m pipeline.stages.<name>`, runs in the warm
+    stage worker (pipeline.worker) when one can be had: same arguments, output and exit status,
+    without paying the TensorFlow and MLflow imports again.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if tensorflow and argv is None and worker.enabled():
+        module = getattr(sys.modules["__main__"].__spec__, "name", None)
+        if module and module.startswith("pipeline.stages."):
+            code = worker.delegate(module)
+            if code is not None:
+                raise SystemExit(code)
     signal.signal(signal.SIGTERM, _terminate)
     # Ctrl-C must stop a stage even when it was started from a shell that ignores SIGINT (a
     # background job, some CI runners): Python keeps such an inherited SIG_IGN otherwise
