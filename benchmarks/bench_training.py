@@ -76,6 +76,51 @@ def ours_images_per_second(spec, config, x, y, steps: int, store: Path) -> float
     return result.steps_done * config.batch_size / wall
 
 
+def layer_profile(spec, config, batch_size: int, peak: float, repeats: int = 30) -> list[dict]:
+    """Where a training step's time goes: each layer alone, forward + backward (gradients of its input
+    and weights) at this batch size, median of `repeats`, with its FLOP rate against the peak."""
+    import tensorflow as tf
+
+    from pipeline.models import build_model, describe
+
+    model = build_model(spec, (28, 28, 1), 10, initializer=config.initializer, seed=1)
+    infos = describe(spec, (28, 28, 1), 10)
+    h = tf.random.uniform((batch_size, 28, 28, 1), seed=1)
+    rows = []
+    for layer, info in zip(model.layers[1:], infos, strict=True):
+
+        @tf.function
+        def step(inputs, layer=layer):
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                loss = tf.reduce_sum(layer(inputs, training=True))
+            return tape.gradient(loss, [inputs, *layer.trainable_variables])
+
+        step(h)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for grad in step(h):
+                grad.numpy()
+            times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        flops = 3 * info.flops * batch_size
+        rows.append(
+            {
+                "layer": layer.name,
+                "output_shape": list(info.output_shape),
+                "ms_per_step": 1000 * seconds,
+                "training_flops_per_step": flops,
+                "peak_fraction": flops / seconds / peak if flops else None,
+            }
+        )
+        h = layer(h, training=True)
+    total = sum(r["ms_per_step"] for r in rows)
+    for row in rows:
+        row["share_of_step"] = row["ms_per_step"] / total
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--variants", nargs="+", default=["baseline", "transposed"])
@@ -83,6 +128,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16_000, help="images per timed run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("reports/benchmark.json"))
+    parser.add_argument(
+        "--profile-out",
+        type=Path,
+        default=Path("reports/benchmark_profile.json"),
+        help="per-layer time and FLOP rate of each variant at the largest batch size",
+    )
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -132,9 +183,22 @@ def main() -> None:
                     f"  {record['peak_fraction']:.1%} of peak",
                     flush=True,
                 )
+    profile = {}
+    batch_size = max(args.batch_sizes)
+    print(f"\nwhere a training step goes, per layer alone (forward + backward), batch {batch_size}:")
+    for name in args.variants:
+        config = params.train.model_copy(update={"batch_size": batch_size})
+        profile[name] = layer_profile(params.variants[name], config, batch_size, peak)
+        for row in profile[name]:
+            rate = f"{row['peak_fraction']:6.1%} of peak" if row["peak_fraction"] is not None else ""
+            print(
+                f"{name:>24} {row['layer']:>18} {str(tuple(row['output_shape'])):>14}"
+                f" {row['ms_per_step']:7.2f} ms {row['share_of_step']:6.1%} of the layers' time  {rate}"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(records, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    args.profile_out.write_text(json.dumps({"batch_size": batch_size, "layers": profile}, indent=2) + "\n")
+    print(f"wrote {args.out} and {args.profile_out}")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,22 @@ PRELOAD = (
     "mlflow.keras",
     "mlflow.models",
     "mlflow.store.tracking.sqlalchemy_store",
+    # imported lazily by a stage's first MLflow calls (found by diffing sys.modules around a stage)
+    "mlflow.store.tracking.sqlalchemy_workspace_store",
+    "mlflow.pyfunc",
+    "mlflow.models.display_utils",
+    "mlflow.tracing.export",
+    "mlflow.tracing.processor",
+    "mlflow.types.responses",
+    "mlflow.utils.model_utils",
+    "alembic.command",
+    "alembic.config",
+    "sqlalchemy.dialects.sqlite",
+    "git",
+    "opentelemetry.sdk.metrics",
+    "pyarrow.pandas_compat",
+    "pandas.io.formats.csvs",
+    "matplotlib.backends.backend_agg",
 )
 # environment variables read when those libraries are imported: a different value needs another worker
 IMPORT_TIME_ENV = ("TF_", "CUDA", "XLA_", "KERAS", "MPL", "OMP_", "KMP_", "MKL", "OPENBLAS", "PYTHON", "LD_")
@@ -65,7 +81,7 @@ def worker_dir() -> Path:
 
 def worker_key() -> str:
     """Which worker may serve this process: same interpreter, packages and import-time environment."""
-    parts = [sys.executable, sys.version]
+    parts = [sys.executable, sys.version, f"{__file__}:{os.stat(__file__).st_mtime_ns}"]  # this code, too
     for entry in sys.path:
         if entry.endswith("-packages") and os.path.isdir(entry):
             parts.append(f"{entry}:{os.stat(entry).st_mtime_ns}")  # pip install/uninstall changes it
@@ -222,13 +238,15 @@ def serve(path: str) -> None:
 
 
 def _child(conn: socket.socket) -> None:
-    code = 1
+    code, started, module = 1, time.monotonic(), "?"
+    log = os.dup(1)  # the worker's log, before the client's stdout takes fd 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
         (size,) = _HEADER.unpack(header)
         request = json.loads(_recv_exactly(conn, size))
-        print(f"{time.strftime('%F %T')} child {os.getpid()}: {request['module']} in {request['cwd']}", flush=True)
+        module = request["module"]
+        print(f"{time.strftime('%F %T')} child {os.getpid()}: {module} in {request['cwd']}", flush=True)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -256,6 +274,14 @@ def _child(conn: socket.socket) -> None:
             atexit._run_exitfuncs()  # MLflow and others end runs and flush here, as at a normal exit
             sys.stdout.flush()
             sys.stderr.flush()
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            os.write(
+                log,
+                f"{time.strftime('%F %T')} child {os.getpid()}: {module} exit {code}"
+                f" after {time.monotonic() - started:.1f}s, peak RSS {peak:,.0f} MB\n".encode(),
+            )
         finally:
             try:
                 conn.sendall(_REPLY.pack(b"X", code))
