@@ -6,6 +6,8 @@ import json
 import math
 import os
 import shutil
+import struct
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,19 +43,58 @@ class Prepared:
 
 
 def load_prepared(path: Path) -> Prepared:
-    """Read data/prepared/<dataset>.npz (no pickle)."""
+    """Read data/prepared/<dataset>.npz (no pickle), its arrays memory-mapped: see `read_npz`."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return Prepared(
-                **{key: npz[key] for key in ("x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test")},
-                classes=tuple(str(c) for c in npz["classes"]),
-                dataset=str(npz["dataset"]),
-                source_sha256=tuple(str(s) for s in npz["source_sha256"]),
-            )
+        npz = read_npz(path)
+        return Prepared(
+            **{key: npz[key] for key in ("x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test")},
+            classes=tuple(str(c) for c in npz["classes"]),
+            dataset=str(npz["dataset"]),
+            source_sha256=tuple(str(s) for s in npz["source_sha256"]),
+        )
     except FileNotFoundError:
         raise DataError(f"{path} not found: run the prepare stage first (dvc repro prepare)") from None
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path} is not a prepared dataset ({exc}): rerun `dvc repro prepare`") from None
+
+
+READ_HEADER = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file; those stored uncompressed (np.savez) are memory-mapped read-only.
+
+    A stage then reads only the pages it uses (evaluate: the test split; train: the images its steps
+    draw) straight from the page cache, instead of copying the whole file into fresh memory first.
+    Compressed members are read normally. Object arrays are refused, as np.load(allow_pickle=False).
+    """
+    arrays: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            version = None
+            if info.compress_type == zipfile.ZIP_STORED:
+                raw.seek(info.header_offset)
+                header = raw.read(30)  # the local file header; its name and extra field lengths come last
+                if header[:4] != b"PK\x03\x04":
+                    raise ValueError(f"{info.filename}: bad zip member header")
+                name_length, extra_length = struct.unpack("<HH", header[26:30])
+                raw.seek(info.header_offset + 30 + name_length + extra_length)
+                version = np.lib.format.read_magic(raw)
+            if version not in READ_HEADER:  # compressed, or a format version we do not map
+                with archive.open(info) as member:
+                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+                continue
+            shape, fortran_order, dtype = READ_HEADER[version](raw)
+            if dtype.hasobject:
+                raise ValueError(f"{info.filename}: object arrays are not allowed (they need pickle)")
+            if math.prod(shape) == 0:
+                arrays[name] = np.empty(shape, dtype, order="F" if fortran_order else "C")
+                continue
+            arrays[name] = np.memmap(
+                path, dtype=dtype, mode="r", offset=raw.tell(), shape=shape, order="F" if fortran_order else "C"
+            )
+    return arrays
 
 
 @contextmanager

@@ -34,7 +34,11 @@ def evaluate_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int) ->
 
 
 def timed_logits(predict: Callable, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
-    """Logits for x in batches of batch_size, and images per second (after one warm-up batch)."""
+    """Logits for x in batches of batch_size, and images per second (after one warm-up batch).
+
+    x is read into memory first (it may be memory-mapped): the timing is of inference alone.
+    """
+    x = np.array(x)
     predict(x[:batch_size])
     start = time.perf_counter()
     logits = predict_logits(predict, x, batch_size)

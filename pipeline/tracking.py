@@ -185,6 +185,30 @@ def _end_run_quietly(status: str) -> None:
         mlflow.end_run(status)
 
 
+def log_metrics(metrics: Mapping[str, float], attempts: int = 5) -> None:
+    """mlflow.log_metrics on the active run, retried at a later millisecond on a key collision.
+
+    Two experiments that re-evaluate the same trained run in parallel (a queued grid over
+    `evaluate.*` params) log the same metric names to one run. The store's primary key for a logged
+    model's metrics is (model, name, timestamp in ms, step, run), without the value, so two writers
+    in the same millisecond collide and MLflow fails the whole batch ("duplicate key value violates
+    unique constraint" on PostgreSQL, "UNIQUE constraint failed" on SQLite).
+    """
+    import time
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            mlflow.log_metrics(dict(metrics), timestamp=int(time.time() * 1000))
+            return
+        except MlflowException as exc:
+            if "unique constraint" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.002 * (attempt + 1))
+
+
 def log_steps(metrics: Mapping[str, list[float]], steps: list[int], run_id: str) -> None:
     """Log per-step series to a run in batches (one call per 1000 values), not one call per value."""
     import time

@@ -123,6 +123,7 @@ class Trainer:
         self.config = config
         self.optimizer = make_optimizer(config)
         self.optimizer.build(model.trainable_variables)
+        # one copy, read straight from x_train (memory-mapped by artifacts.read_npz: never read twice)
         self._x = tf.constant(x_train)
         self._y = tf.constant(y_train.astype(np.int32))
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -256,6 +257,7 @@ def train(
     val_accuracy and the best weights are restored.
     """
     config = trainer.config
+    x_valid, y_valid = np.array(x_valid), np.array(y_valid)  # in memory (may be mapped): read every validation
     result = TrainResult()
     result.trace_seconds = trainer.trace()
     order = batch_order(len(trainer._y), config.batch_size, config.steps, seed)

@@ -1,18 +1,20 @@
 """A warm stage worker: TensorFlow, Keras and MLflow imported once, each stage run in a fork of it.
 
 A DVC stage is one process; importing TensorFlow and MLflow costs about 5 s of every stage, more
-than many trainings take. So `run_stage` hands the stage to a worker (a "zygote", as in Android or
-Spring) that has those libraries imported and forks one child per stage. The child takes over the
-stage's stdin/stdout/stderr (passed over a Unix socket), working directory, environment and
-`sys.path`, imports this project's code afresh (edits are never stale) and runs the stage module as
-`__main__`, exactly as `python -m` would. DVC still sees one command per stage instance, with its
-exit status, so per-variant caching is unchanged.
+than many trainings take. So the stage launcher (`python -m pipeline <stage>`, what dvc.yaml runs)
+hands the stage to a worker (a "zygote", as in Android or Spring) that has those libraries imported
+and forks one child per stage. The child takes over the launcher's stdin/stdout/stderr (passed
+over a Unix socket), working directory, environment and `sys.path`, imports this project's code
+afresh (edits are never stale) and runs the stage module as `__main__`, exactly as `python -m`
+would. DVC still sees one command per stage instance, with its exit status, so per-variant caching
+is unchanged.
 
-- The client forwards Ctrl-C, SIGTERM and SIGHUP to the child; when the client dies (kill -9), the
-  child sees its socket close and stops as if it got SIGTERM.
-- The worker is started on first use, keyed by the interpreter, the installed packages and the
-  environment variables that act at import time; it exits after PIPELINE_WORKER_IDLE_SECONDS (120)
-  without a request.
+- The launcher forwards Ctrl-C, SIGTERM and SIGHUP to the child; when the launcher dies (kill -9),
+  the child sees its socket close and stops as if it got SIGTERM.
+- The worker is started on first use, keyed by the interpreter, the installed packages, this file
+  and the environment variables that act at import time; it exits after
+  PIPELINE_WORKER_IDLE_SECONDS (120) without a request. Its log lists each stage it ran, with exit
+  status, time and peak memory.
 - PIPELINE_WORKER=0 turns it off. Any failure to reach a worker falls back to running in-process.
 - Sockets, pid and log files live in PIPELINE_WORKER_DIR (default: <tmp>/pipeline-worker-<uid>).
 """
@@ -20,6 +22,7 @@ exit status, so per-variant caching is unchanged.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -208,6 +211,13 @@ def serve(path: str) -> None:
     for name in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    with contextlib.suppress(Exception):  # a private cache: 0.5 s of every mlflow.keras.log_model otherwise
+        from mlflow.utils import requirements_utils
+
+        requirements_utils._init_packages_to_modules_map()  # scans every installed distribution
+    # everything preloaded is permanent: the children's garbage collector must not walk (and so
+    # write to, un-sharing the pages of) these objects at every full collection
+    gc.freeze()
     idle = float(os.environ.get("PIPELINE_WORKER_IDLE_SECONDS", "120"))
     socket_path = Path(path)
     socket_path.unlink(missing_ok=True)  # a dead worker's socket: we hold the start lock
@@ -253,7 +263,6 @@ def _child(conn: socket.socket) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        os.environ["PIPELINE_WORKER"] = "0"  # run here, do not delegate again
         sys.path[:] = request["path"]
         sys.argv[:] = request["argv"]
         for name in [m for m in sys.modules if m == "pipeline" or m.startswith("pipeline.")]:

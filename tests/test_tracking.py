@@ -56,3 +56,37 @@ def test_an_unreachable_server_is_a_clear_error():
     with pytest.raises(TrackingError, match="cannot reach the MLflow tracking server at http://127.0.0.1:9"):
         tracking.check_reachable("http://127.0.0.1:9", timeout=2)
     tracking.check_reachable("sqlite:///x.db")  # nothing to reach for a local store
+
+
+def test_metrics_logged_twice_in_one_millisecond_to_a_run_with_a_model_do_not_fail(tmp_path: Path, monkeypatch):
+    """Two parallel re-evaluations of one trained run log the same names; MLflow's key has no value."""
+    import time
+
+    import mlflow
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.config import Variant
+    from pipeline.models import build_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    spec = Variant.model_validate({"layers": [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": None}]})
+    model = build_model(spec, (28, 28, 1), 10)
+    frozen = 1_700_000_000_000
+    with mlflow.start_run() as run:
+        tracking.log_keras_model(model, np.zeros((2, 28, 28, 1), np.float32))
+        mlflow.log_metrics({"test_accuracy": 0.5}, timestamp=frozen)
+        with pytest.raises(MlflowException, match="(?i)unique constraint"):  # what MLflow does on its own
+            mlflow.log_metrics({"test_accuracy": 0.6}, timestamp=frozen)
+        real_time = time.time
+        calls = []
+
+        def same_millisecond_first() -> float:
+            calls.append(1)
+            return frozen / 1000 if len(calls) == 1 else real_time()
+
+        monkeypatch.setattr(time, "time", same_millisecond_first)
+        tracking.log_metrics({"test_accuracy": 0.7})
+        monkeypatch.setattr(time, "time", real_time)
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")
+    assert 0.7 in [m.value for m in history]

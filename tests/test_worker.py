@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -11,6 +12,12 @@ from pathlib import Path
 import pytest
 from conftest import stop_workers
 from test_stage_faults import ROOT, edit_params, make_project, runs, stage_env, train_cmd
+
+
+def launcher_cmd(*extra: str) -> list[str]:
+    """The train stage as dvc.yaml starts it: `python -m pipeline train ...`."""
+    command = train_cmd(*extra)
+    return [*command[:2], "pipeline", "train", *command[3:]]
 
 
 @pytest.fixture
@@ -34,11 +41,12 @@ def worker_log(directory: Path) -> str:
 def test_a_stage_run_by_the_worker_matches_one_run_in_process(project: Path, tmp_path: Path, workers: Path):
     in_process = tmp_path / "in-process"
     shutil.copytree(project, in_process)
-    subprocess.run(train_cmd(), cwd=in_process, env=stage_env(in_process, PIPELINE_WORKER="0"), check=True)
+    # PIPELINE_WORKER=0: the launcher runs the stage itself
+    subprocess.run(launcher_cmd(), cwd=in_process, env=stage_env(in_process, PIPELINE_WORKER="0"), check=True)
     assert not list(workers.iterdir())
 
     env = stage_env(project, PIPELINE_WORKER_DIR=str(workers))
-    first = subprocess.run(train_cmd(), cwd=project, env=env, capture_output=True, text=True)
+    first = subprocess.run(launcher_cmd(), cwd=project, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     assert "baseline/seed-1: trained 60 steps" in first.stderr  # the child's output reaches our stderr
     log = worker_log(workers)
@@ -53,7 +61,7 @@ def test_a_stage_run_by_the_worker_matches_one_run_in_process(project: Path, tmp
 
     # a second stage is served by the same worker process (one "ready" line, two children)
     shutil.rmtree(project / "models")
-    second = subprocess.run(train_cmd(), cwd=project, env=env, capture_output=True, text=True)
+    second = subprocess.run(launcher_cmd(), cwd=project, env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     log = worker_log(workers)
     assert log.count(" ready on ") == 1
@@ -66,7 +74,7 @@ def test_code_edits_reach_the_next_stage_run_and_errors_keep_their_exit_status(t
     shutil.copytree(ROOT / "pipeline", source / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     env = stage_env(tmp_path, PYTHONPATH=str(source), PIPELINE_WORKER_DIR=str(workers))
-    command = train_cmd("--variant", "nope")
+    command = launcher_cmd("--variant", "nope")
 
     before = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert before.returncode == 2
@@ -83,10 +91,29 @@ def test_code_edits_reach_the_next_stage_run_and_errors_keep_their_exit_status(t
     assert log.count("pipeline.stages.train in") == 2
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_reach_the_stage_in_the_worker(project: Path, workers: Path, signum: int):
+    edit_params(project, steps=1_000_000, validation_every=100)
+    env = stage_env(project, PIPELINE_WORKER_DIR=str(workers))
+    proc = subprocess.Popen(launcher_cmd(), cwd=project, env=env, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "step     0/" in line:
+            break
+    proc.send_signal(signum)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    assert "interrupted: no stage outputs were written" in rest
+    assert "Traceback" not in rest
+    assert "pipeline.stages.train exit 130" in worker_log(workers)
+    (run,) = runs(project)
+    assert run.info.status == "KILLED"
+    assert not (project / "models").exists() or not any((project / "models").rglob("*"))
+
+
 def test_killing_the_client_stops_the_stage_in_the_worker(project: Path, workers: Path):
     edit_params(project, steps=1_000_000, validation_every=100)
     env = stage_env(project, PIPELINE_WORKER_DIR=str(workers))
-    proc = subprocess.Popen(train_cmd(), cwd=project, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(launcher_cmd(), cwd=project, env=env, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         if "step     0/" in line:
             break
@@ -108,8 +135,15 @@ def test_without_a_usable_worker_directory_the_stage_runs_in_process(project: Pa
     shared.mkdir()
     shared.chmod(0o777)  # others could plant a socket here: not used
     env = stage_env(project, PIPELINE_WORKER_DIR=str(shared))
-    result = subprocess.run(train_cmd(), cwd=project, env=env, capture_output=True, text=True)
+    result = subprocess.run(launcher_cmd(), cwd=project, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (project / "models/baseline/seed-1/model.keras").exists()
     assert not list(shared.iterdir())
     assert os.stat(shared).st_mode & 0o777 == 0o777
+
+
+def test_the_launcher_names_its_stages_on_a_wrong_one(tmp_path: Path):
+    command = [*launcher_cmd()[:2], "pipeline", "trian"]
+    result = subprocess.run(command, cwd=tmp_path, env=stage_env(tmp_path), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "usage: python -m pipeline {fetch,prepare,train,evaluate,compare}" in result.stderr

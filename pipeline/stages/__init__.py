@@ -7,7 +7,6 @@ import signal
 import sys
 from collections.abc import Callable
 
-from pipeline import worker
 from pipeline.errors import UserError
 
 
@@ -39,17 +38,10 @@ def run_stage(
 ) -> None:
     """Run a stage's main; turn user errors, Ctrl-C and SIGTERM into a message and a non-zero exit.
 
-    A stage that needs TensorFlow, started as `python -m pipeline.stages.<name>`, runs in the warm
-    stage worker (pipeline.worker) when one can be had: same arguments, output and exit status,
-    without paying the TensorFlow and MLflow imports again.
+    This runs the stage in this process. DVC starts stages through `python -m pipeline <stage>`
+    (pipeline/__main__.py), which hands them to the warm stage worker when one can be had.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if tensorflow and argv is None and worker.enabled():
-        module = getattr(sys.modules["__main__"].__spec__, "name", None)
-        if module and module.startswith("pipeline.stages."):
-            code = worker.delegate(module)
-            if code is not None:
-                raise SystemExit(code)
     signal.signal(signal.SIGTERM, _terminate)
     # Ctrl-C must stop a stage even when it was started from a shell that ignores SIGINT (a
     # background job, some CI runners): Python keeps such an inherited SIG_IGN otherwise

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             mlflow.log_artifact(str(plots / "confusion.png"))
         artifacts.write_json(args.metrics, metrics)
-        mlflow.log_metrics(
+        tracking.log_metrics(
             {
                 "test_accuracy": result.test_accuracy,
                 "test_loss": result.test_loss,
