@@ -269,7 +269,7 @@ def _child(conn: socket.socket) -> None:
             del sys.modules[name]  # this project's code is imported afresh from the stage's checkout
         conn.sendall(_REPLY.pack(b"P", os.getpid()))
         _stop_when_client_goes_away(conn)
-        code = _run_module(request["module"])
+        code = _run_module(module)
     except BaseException:  # noqa: BLE001  (reported like an uncaught error in `python -m`)
         import traceback
 
@@ -299,8 +299,16 @@ def _child(conn: socket.socket) -> None:
 
 
 def _run_module(module: str) -> int:
+    """Run the stage as `python -m` would; under cProfile when PIPELINE_PROFILE names a folder."""
     import runpy
 
+    profile_dir = os.environ.get("PIPELINE_PROFILE")
+    profiler = None
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
@@ -310,6 +318,11 @@ def _run_module(module: str) -> int:
             return exc.code
         print(exc.code, file=sys.stderr)
         return 1
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            Path(profile_dir).mkdir(parents=True, exist_ok=True)
+            profiler.dump_stats(Path(profile_dir) / f"{module.rsplit('.', 1)[-1]}-{os.getpid()}.prof")
     return 0
 
 
