@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test lint bench ui server
+.PHONY: setup run test lint bench bench-pipeline ui server
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ lint: setup
 
 bench: setup  ## training speed: ours vs plain Keras model.fit; writes reports/benchmark.json
 	$(BIN)/python -m benchmarks.bench_training
+
+bench-pipeline: setup  ## pipeline overhead: a forced `dvc repro` against the training it runs; reports/pipeline_benchmark.json
+	$(BIN)/python -m benchmarks.bench_pipeline
 
 ui: setup  ## the MLflow UI on the project's embedded store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}

@@ -87,14 +87,15 @@ def layer_profile(spec, config, batch_size: int, peak: float, repeats: int = 30)
     infos = describe(spec, (28, 28, 1), 10)
     h = tf.random.uniform((batch_size, 28, 28, 1), seed=1)
     rows = []
-    for layer, info in zip(model.layers[1:], infos, strict=True):
+    for index, (layer, info) in enumerate(zip(model.layers[1:], infos, strict=True)):
 
         @tf.function
-        def step(inputs, layer=layer):
+        def step(inputs, layer=layer, first=index == 0):
             with tf.GradientTape() as tape:
                 tape.watch(inputs)
                 loss = tf.reduce_sum(layer(inputs, training=True))
-            return tape.gradient(loss, [inputs, *layer.trainable_variables])
+            # as in training: no gradient for the images themselves
+            return tape.gradient(loss, [*([] if first else [inputs]), *layer.trainable_variables])
 
         step(h)
         times = []
