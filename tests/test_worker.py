@@ -130,6 +130,21 @@ def test_killing_the_client_stops_the_stage_in_the_worker(project: Path, workers
     assert not (project / "models").exists() or not any((project / "models").rglob("*"))
 
 
+def test_a_stage_process_killed_from_outside_fails_the_stage_with_a_message(project: Path, workers: Path):
+    edit_params(project, steps=1_000_000, validation_every=100)
+    env = stage_env(project, PIPELINE_WORKER_DIR=str(workers))
+    proc = subprocess.Popen(launcher_cmd(), cwd=project, env=env, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "step     0/" in line:
+            break
+    (child,) = [line.split()[3].rstrip(":") for line in worker_log(workers).splitlines() if " child " in line]
+    os.kill(int(child), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1
+    assert f"error: the stage worker process {child} died before the stage finished" in rest
+    assert not (project / "models" / "baseline" / "seed-1").exists()
+
+
 def test_without_a_usable_worker_directory_the_stage_runs_in_process(project: Path, tmp_path: Path):
     shared = tmp_path / "shared"
     shared.mkdir()
