@@ -25,7 +25,11 @@ def main() -> None:
     from pipeline import worker
 
     if worker.enabled():
-        code = worker.delegate(module)
+        try:
+            code = worker.delegate(module)
+        except KeyboardInterrupt:  # before the stage started (the worker was starting): nothing ran
+            print("interrupted: no stage outputs were written", file=sys.stderr)
+            raise SystemExit(130) from None
         if code is not None:
             raise SystemExit(code)
     runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -15,7 +15,8 @@ is unchanged.
   and the environment variables that act at import time; it exits after
   PIPELINE_WORKER_IDLE_SECONDS (120) without a request. Its log lists each stage it ran, with exit
   status, time and peak memory.
-- PIPELINE_WORKER=0 turns it off. Any failure to reach a worker falls back to running in-process.
+- On by default on Linux; PIPELINE_WORKER=0 turns it off, PIPELINE_WORKER=1 turns it on elsewhere.
+  Any failure to reach a worker falls back to running in-process.
 - Sockets, pid and log files live in PIPELINE_WORKER_DIR (default: <tmp>/pipeline-worker-<uid>).
 """
 
@@ -74,7 +75,12 @@ _REPLY = struct.Struct("!ci")
 
 
 def enabled() -> bool:
-    return os.environ.get("PIPELINE_WORKER", "1").lower() not in ("0", "off", "false", "no")
+    """On by default on Linux; elsewhere (macOS: fork after importing system frameworks is unsafe)
+    only with PIPELINE_WORKER=1."""
+    setting = os.environ.get("PIPELINE_WORKER", "").lower()
+    if setting in ("0", "off", "false", "no"):
+        return False
+    return sys.platform == "linux" or setting in ("1", "on", "true", "yes")
 
 
 def worker_dir() -> Path:
@@ -114,14 +120,14 @@ def delegate(module: str) -> int | None:
         try:
             socket.send_fds(conn, [_HEADER.pack(len(payload))], [0, 1, 2])
             conn.sendall(payload)
-            kind, pid = _REPLY.unpack(_recv_exactly(conn, _REPLY.size))
+            _, pid = _REPLY.unpack(_recv_exactly(conn, _REPLY.size))
         except (OSError, struct.error, EOFError):
             return None  # the worker went away before starting the stage
         forward = lambda signum, frame: _kill_quietly(pid, signum)  # noqa: E731
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, forward)
         try:
-            kind, code = _REPLY.unpack(_recv_exactly(conn, _REPLY.size))
+            _, code = _REPLY.unpack(_recv_exactly(conn, _REPLY.size))
         except (OSError, EOFError):
             print(f"error: the stage worker process {pid} died before the stage finished", file=sys.stderr)
             return 1
@@ -215,6 +221,7 @@ def serve(path: str) -> None:
         from mlflow.utils import requirements_utils
 
         requirements_utils._init_packages_to_modules_map()  # scans every installed distribution
+    os.chdir("/")  # pin no project folder (DVC deletes its temporary experiment copies)
     # everything preloaded is permanent: the children's garbage collector must not walk (and so
     # write to, un-sharing the pages of) these objects at every full collection
     gc.freeze()

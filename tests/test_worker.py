@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -162,3 +163,18 @@ def test_the_launcher_names_its_stages_on_a_wrong_one(tmp_path: Path):
     result = subprocess.run(command, cwd=tmp_path, env=stage_env(tmp_path), capture_output=True, text=True)
     assert result.returncode == 2
     assert "usage: python -m pipeline {fetch,prepare,train,evaluate,compare}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("platform", "setting", "expected"),
+    [("linux", None, True), ("linux", "0", False), ("darwin", None, False), ("darwin", "1", True)],
+)
+def test_the_worker_is_on_by_default_on_linux_only(monkeypatch, platform: str, setting: str | None, expected: bool):
+    from pipeline import worker
+
+    monkeypatch.setattr(sys, "platform", platform)
+    if setting is None:
+        monkeypatch.delenv("PIPELINE_WORKER", raising=False)
+    else:
+        monkeypatch.setenv("PIPELINE_WORKER", setting)
+    assert worker.enabled() is expected
