@@ -267,6 +267,8 @@ def _child(conn: socket.socket) -> None:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
+        # the worker's own stdout was a log file (block-buffered); on a terminal, flush every line
+        sys.stdout.reconfigure(line_buffering=os.isatty(1))
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
