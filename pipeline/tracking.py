@@ -250,8 +250,8 @@ class StepLogger:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-steps")
         self._pending: Any = None
 
-    def _send(self, result: Any, logged: int, val_logged: int) -> tuple[int, int]:
-        steps, val_steps = len(result.steps), len(result.val_steps)
+    def _send(self, result: Any, logged: int, val_logged: int, steps: int, val_steps: int) -> tuple[int, int]:
+        """Log the history between the given lengths (taken by the training thread, between chunks)."""
         log_steps(
             {"loss": result.loss[logged:steps], "accuracy": result.accuracy[logged:steps]},
             result.steps[logged:steps],
@@ -285,8 +285,10 @@ class StepLogger:
     def log(self, result: Any) -> None:
         """Send what is new since the last send, in the background; never waits for the store."""
         if self._collect():
-            # the training loop only appends to these lists: a snapshot of the lengths is consistent
-            self._pending = self._pool.submit(self._send, result, self.logged, self.val_logged)
+            # the lengths are taken here, between chunks: the background thread would race the
+            # training loop, which extends result.steps before result.loss
+            lengths = len(result.steps), len(result.val_steps)
+            self._pending = self._pool.submit(self._send, result, self.logged, self.val_logged, *lengths)
 
     def close(self, result: Any) -> None:
         """Wait for the send in flight, then send the rest here; raises when the store still fails."""
@@ -294,7 +296,8 @@ class StepLogger:
             self._pending.exception()  # wait; a failure is retried below
             self._collect()
         self._pool.shutdown(wait=True)
-        self.logged, self.val_logged = self._send(result, self.logged, self.val_logged)
+        lengths = len(result.steps), len(result.val_steps)
+        self.logged, self.val_logged = self._send(result, self.logged, self.val_logged, *lengths)
 
 
 def log_keras_model(model: Any, sample: Any) -> None:
