@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.worker import stop_workers
+
 CHILD_LINE = re.compile(r"child \d+: pipeline\.stages\.(\w+) exit (\d+) after ([\d.]+)s, peak RSS ([\d,]+) MB")
 
 
@@ -63,8 +65,7 @@ def main() -> None:
         full = timed(["dvc", "repro", "--force"], env)
         noop = min(timed(["dvc", "repro"], env) for _ in range(3))
         log = "".join(p.read_text() for p in Path(workers).glob("*.log"))
-        for pid_file in Path(workers).glob("*.pid"):  # the worker would idle on for a while
-            subprocess.run(["kill", pid_file.read_text().strip()], check=False)
+        stop_workers(Path(workers))  # it would idle on for a while
     work = work_seconds(Path.cwd())
     stages = stage_processes(log)
     total_work = sum(work.values())

@@ -98,6 +98,13 @@ def worker_key() -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
+def stop_workers(directory: Path) -> None:
+    """Stop the workers whose pid files are in directory (tests and benchmarks that own one)."""
+    for pid_file in Path(directory).glob("*.pid"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
 # ---------------------------------------------------------------- client: the process DVC started
 
 
@@ -211,9 +218,7 @@ def _connect_or_start() -> socket.socket:
 def serve(path: str) -> None:
     """Preload the libraries, then fork a child per connection until idle for a while."""
     import importlib
-    import threading  # noqa: F401  (imported before any fork, as in the children)
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)

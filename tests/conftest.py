@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 
 import pytest
+
+from pipeline.worker import stop_workers
 
 
 @pytest.fixture(autouse=True)
@@ -25,9 +25,3 @@ def _session_stage_workers(tmp_path_factory):
     os.environ["PIPELINE_WORKER_DIR"] = str(directory)
     yield directory
     stop_workers(directory)
-
-
-def stop_workers(directory) -> None:
-    for pid_file in directory.glob("*.pid"):
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import stop_workers
 from test_stage_faults import ROOT, edit_params, make_project, runs, stage_env, train_cmd
+
+from pipeline.worker import stop_workers
 
 
 def launcher_cmd(*extra: str) -> list[str]:
@@ -37,6 +38,22 @@ def workers(tmp_path: Path):
 
 def worker_log(directory: Path) -> str:
     return "".join(p.read_text() for p in directory.glob("*.log"))
+
+
+def stage_children(directory: Path) -> set[str]:
+    """Pids of the stage processes the worker forked, from its log ("... child <pid>: ...")."""
+    return {line.split()[3].rstrip(":") for line in worker_log(directory).splitlines() if " child " in line}
+
+
+def start_long_training(project: Path, workers: Path) -> subprocess.Popen:
+    """The train stage through the launcher, with a million steps; returns once step 0 is logged."""
+    edit_params(project, steps=1_000_000, validation_every=100)
+    env = stage_env(project, PIPELINE_WORKER_DIR=str(workers))
+    proc = subprocess.Popen(launcher_cmd(), cwd=project, env=env, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "step     0/" in line:
+            break
+    return proc
 
 
 def test_a_stage_run_by_the_worker_matches_one_run_in_process(project: Path, tmp_path: Path, workers: Path):
@@ -94,12 +111,7 @@ def test_code_edits_reach_the_next_stage_run_and_errors_keep_their_exit_status(t
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_reach_the_stage_in_the_worker(project: Path, workers: Path, signum: int):
-    edit_params(project, steps=1_000_000, validation_every=100)
-    env = stage_env(project, PIPELINE_WORKER_DIR=str(workers))
-    proc = subprocess.Popen(launcher_cmd(), cwd=project, env=env, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if "step     0/" in line:
-            break
+    proc = start_long_training(project, workers)
     proc.send_signal(signum)
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 130
@@ -112,14 +124,8 @@ def test_ctrl_c_and_sigterm_reach_the_stage_in_the_worker(project: Path, workers
 
 
 def test_killing_the_client_stops_the_stage_in_the_worker(project: Path, workers: Path):
-    edit_params(project, steps=1_000_000, validation_every=100)
-    env = stage_env(project, PIPELINE_WORKER_DIR=str(workers))
-    proc = subprocess.Popen(launcher_cmd(), cwd=project, env=env, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if "step     0/" in line:
-            break
-    children = [line.split()[3].rstrip(":") for line in worker_log(workers).splitlines() if " child " in line]
-    (child,) = children
+    proc = start_long_training(project, workers)
+    (child,) = stage_children(workers)
     proc.kill()  # kill -9: the client cannot forward anything
     proc.wait(timeout=30)
     deadline = time.monotonic() + 60
@@ -132,13 +138,8 @@ def test_killing_the_client_stops_the_stage_in_the_worker(project: Path, workers
 
 
 def test_a_stage_process_killed_from_outside_fails_the_stage_with_a_message(project: Path, workers: Path):
-    edit_params(project, steps=1_000_000, validation_every=100)
-    env = stage_env(project, PIPELINE_WORKER_DIR=str(workers))
-    proc = subprocess.Popen(launcher_cmd(), cwd=project, env=env, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if "step     0/" in line:
-            break
-    (child,) = [line.split()[3].rstrip(":") for line in worker_log(workers).splitlines() if " child " in line]
+    proc = start_long_training(project, workers)
+    (child,) = stage_children(workers)
     os.kill(int(child), signal.SIGKILL)  # as the kernel's out-of-memory killer would
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 1
