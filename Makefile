@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test lint bench bench-pipeline ui server
+.PHONY: setup run test test-fast lint bench bench-pipeline ui server
 
 setup: $(STAMP)
 
@@ -18,8 +18,11 @@ $(STAMP): requirements.lock pyproject.toml
 run: setup  ## the default pipeline: fetch, prepare, train, evaluate, compare
 	$(BIN)/dvc repro
 
-test: setup  ## the test suite (no network)
+test: setup  ## the whole test suite (no network): unit, stages and e2e
 	$(BIN)/python -m pytest
+
+test-fast: setup  ## the unit tests alone, for a quick check while editing (under 2 minutes)
+	$(BIN)/python -m pytest -m unit
 
 lint: setup
 	$(BIN)/ruff check pipeline tests benchmarks

@@ -25,3 +25,11 @@ def _session_stage_workers(tmp_path_factory):
     os.environ["PIPELINE_WORKER_DIR"] = str(directory)
     yield directory
     stop_workers(directory)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its folder's kind: unit, stages or e2e."""
+    for item in items:
+        kind = item.path.parent.name
+        if kind in ("unit", "stages", "e2e"):
+            item.add_marker(getattr(pytest.mark, kind))

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 from idx_server import IdxServer, make_idx_dataset
+from support import ROOT as REPO
 
 from pipeline import datasets
 from pipeline.datasets import IDX_FILES, fetch_dataset, file_sha256, resolve_dataset
 from pipeline.errors import ConfigError, FetchError
 
-REPO = Path(__file__).resolve().parents[1]
 NAMES = list(IDX_FILES.values())
 VARIANTS = {"baseline": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": None}]}}
 

@@ -18,7 +18,8 @@ from pipeline.datasets import IDX_FILES, file_sha256, write_idx
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+from support import ROOT
+
 SEEDS = [1, 2]
 VARIANTS = ["baseline", "transposed"]
 

@@ -16,7 +16,7 @@ import pytest
 from test_pipeline_e2e import SEEDS, VARIANTS, changed_stages, dvc, make_repo, run_queued_grid
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+from support import ROOT
 
 
 def free_port() -> int:

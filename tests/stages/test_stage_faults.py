@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+from support import ROOT
 
 
 def write_prepared(path: Path, n: int = 400) -> None:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import yaml
 from idx_server import make_idx_dataset
+from support import ROOT as REPO
 
 from pipeline.datasets import IDX_FILES, file_sha256
 from pipeline.errors import ConfigError
 from pipeline.preparation import prepare_arrays
 
-REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"baseline": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": None}]}}
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from idx_server import make_idx_dataset
+from support import SHARED
 
 from pipeline.datasets import (
     DATASETS,
@@ -22,7 +23,7 @@ from pipeline.datasets import (
 )
 from pipeline.errors import ConfigError, DataError
 
-REAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+REAL_MNIST = SHARED / "data" / "mnist"
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from support import ROOT
 
 from pipeline.config import load_params, parse_params
 from pipeline.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
