@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from support import ROOT
 
 from pipeline.datasets import IDX_FILES, file_sha256, write_idx
 
 pytestmark = pytest.mark.slow
 
-from support import ROOT
 
 SEEDS = [1, 2]
 VARIANTS = ["baseline", "transposed"]

@@ -13,10 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support import ROOT
 from test_pipeline_e2e import SEEDS, VARIANTS, changed_stages, dvc, make_repo, run_queued_grid
 
 pytestmark = pytest.mark.slow
-from support import ROOT
 
 
 def free_port() -> int:
