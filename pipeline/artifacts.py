@@ -1,4 +1,5 @@
-"""The files stages hand to each other: prepared arrays, output folders written atomically, JSON."""
+"""The files stages hand to each other: output folders written atomically, JSON, a trained run's
+files, an evaluated run's files. (The prepared data has its own module: pipeline.prepared.)"""
 
 from __future__ import annotations
 
@@ -6,95 +7,13 @@ import json
 import math
 import os
 import shutil
-import struct
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.errors import DataError
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """The prepare stage's output: splits scaled to [0, 1], plus what they came from."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_valid: np.ndarray
-    y_valid: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    classes: tuple[str, ...]
-    dataset: str
-    source_sha256: tuple[str, ...]
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.x_train.shape[1:])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-def load_prepared(path: Path) -> Prepared:
-    """Read data/prepared/<dataset>.npz (no pickle), its arrays memory-mapped: see `read_npz`."""
-    try:
-        npz = read_npz(path)
-        return Prepared(
-            **{key: npz[key] for key in ("x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test")},
-            classes=tuple(str(c) for c in npz["classes"]),
-            dataset=str(npz["dataset"]),
-            source_sha256=tuple(str(s) for s in npz["source_sha256"]),
-        )
-    except FileNotFoundError:
-        raise DataError(f"{path} not found: run the prepare stage first (dvc repro prepare)") from None
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path} is not a prepared dataset ({exc}): rerun `dvc repro prepare`") from None
-
-
-READ_HEADER = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an .npz file; those stored uncompressed (np.savez) are memory-mapped read-only.
-
-    A stage then reads only the pages it uses (evaluate: the test split; train: the images its steps
-    draw) straight from the page cache, instead of copying the whole file into fresh memory first.
-    Compressed members are read normally. Object arrays are refused, as np.load(allow_pickle=False).
-    """
-    arrays: dict[str, np.ndarray] = {}
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
-        for info in archive.infolist():
-            name = info.filename.removesuffix(".npy")
-            version = None
-            if info.compress_type == zipfile.ZIP_STORED:
-                raw.seek(info.header_offset)
-                header = raw.read(30)  # the local file header; its name and extra field lengths come last
-                if header[:4] != b"PK\x03\x04":
-                    raise ValueError(f"{info.filename}: bad zip member header")
-                name_length, extra_length = struct.unpack("<HH", header[26:30])
-                raw.seek(info.header_offset + 30 + name_length + extra_length)
-                version = np.lib.format.read_magic(raw)
-            if version not in READ_HEADER:  # compressed, or a format version we do not map
-                with archive.open(info) as member:
-                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
-                continue
-            shape, fortran_order, dtype = READ_HEADER[version](raw)
-            if dtype.hasobject:
-                raise ValueError(f"{info.filename}: object arrays are not allowed (they need pickle)")
-            if math.prod(shape) == 0:
-                arrays[name] = np.empty(shape, dtype, order="F" if fortran_order else "C")
-                continue
-            arrays[name] = np.memmap(
-                path, dtype=dtype, mode="r", offset=raw.tell(), shape=shape, order="F" if fortran_order else "C"
-            )
-    return arrays
 
 
 @contextmanager
@@ -163,3 +82,62 @@ def write_trained(directory: Path, model: Any, result: Any, *, spec: dict, run: 
         ).to_csv(out / "validation.csv", index=False)
         write_json(out / "spec.json", spec)
         write_json(out / "run.json", run)
+
+
+def write_evaluation(plots: Path, metrics_file: Path, record: dict, pairs: Any, figure: Any) -> None:
+    """An evaluate stage's outputs: plots/.../confusion.csv and confusion.png (all or nothing), then
+    the metrics JSON (atomic)."""
+    with atomic_dir(plots) as out:
+        pairs.to_csv(out / "confusion.csv", index=False)
+        figure.savefig(out / "confusion.png", dpi=100, bbox_inches="tight")
+    write_json(metrics_file, record)
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """What the train and evaluate stages left for one variant x seed: run.json merged with the
+    metrics JSON, the per-step history, the validations and the (actual, predicted) pairs."""
+
+    record: dict
+    history: Any
+    validation: Any
+    confusion_pairs: Any
+
+
+def read_run_outputs(variant: str, seed: int, models: Path, metrics: Path, plots: Path) -> RunOutputs:
+    import pandas as pd
+
+    from pipeline import paths
+
+    model_dir = paths.model_dir(variant, seed, models)
+    try:
+        return RunOutputs(
+            record={**read_json(model_dir / "run.json"), **read_json(paths.metrics_file(variant, seed, metrics))},
+            history=pd.read_csv(model_dir / "history.csv"),
+            validation=pd.read_csv(model_dir / "validation.csv"),
+            confusion_pairs=pd.read_csv(paths.plots_dir(variant, seed, plots) / "confusion.csv"),
+        )
+    except FileNotFoundError as exc:
+        raise DataError(f"{exc.filename} not found: run the stages before compare (dvc repro)") from None
+
+
+def load_model(model_dir: Path) -> Any:
+    """A trained run's Keras model (models/<variant>/seed-<n>/model.keras)."""
+    import keras
+
+    return keras.saving.load_model(Path(model_dir) / "model.keras")
+
+
+def write_report(out: Path, report: Any) -> None:
+    """The compare stage's outputs under reports/: the tables, the Markdown summary, summary.json
+    (the DVC metrics), the learning-curve CSVs for `dvc plots` and the figures."""
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    report.runs.to_csv(out / "comparison.csv", index=False)
+    report.summary.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(report.markdown)
+    write_json(out / "summary.json", report.metrics)
+    (out / "curves").mkdir(exist_ok=True)
+    for column, table in report.curves.items():
+        table.to_csv(out / "curves" / f"{column}.csv", index=False)
+    for name, figure in report.figures.items():
+        figure.savefig(out / "figures" / name, dpi=100, bbox_inches="tight")

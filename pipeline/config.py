@@ -7,89 +7,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.layers import LAYER_MODELS, LAYER_TYPES, Layer, PositiveInt, Strict  # Strict, LAYER_TYPES: API here too
 
-PositiveInt = Annotated[int, Field(gt=0)]
-Padding = Literal["same", "valid"]
-Activation = Literal["relu", "linear", "sigmoid", "tanh", "elu", "gelu", "softmax", None]
-
-
-class Strict(BaseModel):
-    """Base for every config model: frozen, unknown keys rejected."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --- layers: the vocabulary a variant is written in -------------------------------------
-
-
-class _Weighted(Strict):
-    activation: Activation = "relu"
-    l2: Annotated[float, Field(ge=0)] = 0.0
-
-
-class Conv(_Weighted):
-    type: Literal["conv"]
-    filters: PositiveInt
-    kernel_size: PositiveInt = 5
-    strides: PositiveInt = 1
-    padding: Padding = "same"
-
-
-class ConvTranspose(_Weighted):
-    type: Literal["conv_transpose"]
-    filters: PositiveInt
-    kernel_size: PositiveInt = 5
-    strides: PositiveInt = 1
-    padding: Padding = "same"
-    output_padding: Annotated[int, Field(ge=0)] | None = None
-
-
-class Upsample(Strict):
-    type: Literal["upsample"]
-    size: PositiveInt = 2
-    interpolation: Literal["nearest", "bilinear"] = "nearest"
-
-
-class MaxPool(Strict):
-    type: Literal["max_pool"]
-    pool_size: PositiveInt = 2
-    strides: PositiveInt | None = None
-    padding: Padding = "valid"
-
-
-class Dropout(Strict):
-    type: Literal["dropout"]
-    rate: Annotated[float, Field(ge=0, lt=1)]
-
-
-class BatchNorm(Strict):
-    type: Literal["batch_norm"]
-
-
-class Flatten(Strict):
-    type: Literal["flatten"]
-
-
-class Dense(_Weighted):
-    type: Literal["dense"]
-    units: PositiveInt
-
-
-Layer = Annotated[
-    Conv | ConvTranspose | Upsample | MaxPool | Dropout | BatchNorm | Flatten | Dense,
-    Field(discriminator="type"),
-]
-LAYER_TYPES = ("conv", "conv_transpose", "upsample", "max_pool", "dropout", "batch_norm", "flatten", "dense")
+# --- variants: models as data, in the layer vocabulary of pipeline/layers.py -----------------------
 
 
 class Variant(Strict):
@@ -151,20 +74,14 @@ class Params(Strict):
                 raise ValueError(f"variant name {name!r} must start with a letter and use only letters, digits and '_'")
         return self
 
+    def variant(self, name: str, source: str | Path = "params.yaml") -> Variant:
+        """The variant called `name`; a ConfigError listing the known ones when there is none."""
+        if name not in self.variants:
+            raise ConfigError(f"variant {name!r} is not in {source}; known: {', '.join(self.variants)}")
+        return self.variants[name]
+
 
 # --- loading and error messages -----------------------------------------------------------
-
-
-_LAYER_MODELS = {
-    "conv": Conv,
-    "conv_transpose": ConvTranspose,
-    "upsample": Upsample,
-    "max_pool": MaxPool,
-    "dropout": Dropout,
-    "batch_norm": BatchNorm,
-    "flatten": Flatten,
-    "dense": Dense,
-}
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
@@ -182,8 +99,8 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 def _allowed_for(loc: tuple[Any, ...]) -> list[str]:
     """Keys allowed in the mapping that contains the last element of loc."""
     parent = loc[:-1]
-    if parent and parent[-1] in _LAYER_MODELS:
-        return list(_LAYER_MODELS[parent[-1]].model_fields)
+    if parent and parent[-1] in LAYER_MODELS:
+        return list(LAYER_MODELS[parent[-1]].model_fields)
     if len(parent) == 2 and parent[0] == "variants":
         return list(Variant.model_fields)
     if len(parent) == 1 and parent[0] in Params.model_fields:

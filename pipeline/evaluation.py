@@ -1,12 +1,16 @@
-"""Test-set metrics from logits, and inference throughput."""
+"""Test-set metrics from a trained model: accuracy, loss, per-class accuracy, confusion matrix and
+inference throughput, at any evaluation batch size."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pipeline.training import cross_entropy_and_accuracy, predict_logits
 
@@ -17,6 +21,7 @@ class Evaluation:
     test_loss: float
     per_class_accuracy: tuple[float, ...]
     confusion: np.ndarray  # rows: true class, columns: predicted class
+    images_per_second: float = float("nan")
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -44,3 +49,41 @@ def timed_logits(predict: Callable, x: np.ndarray, batch_size: int) -> tuple[np.
     logits = predict_logits(predict, x, batch_size)
     seconds = time.perf_counter() - start
     return logits, len(x) / seconds if seconds > 0 else float("nan")
+
+
+def evaluate_model(model_file: Path, x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int) -> Evaluation:
+    """Load a saved Keras model and evaluate it on (x, y) in batches of batch_size, timed."""
+    import dataclasses
+
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(model_file)
+    predict = tf.function(
+        lambda images: model(images, training=False),
+        input_signature=[tf.TensorSpec([None, *x.shape[1:]], tf.float32)],
+    )
+    logits, images_per_second = timed_logits(predict, x, batch_size)
+    return dataclasses.replace(evaluate_logits(logits, y, num_classes), images_per_second=images_per_second)
+
+
+def metrics_record(run: dict[str, Any], evaluation: Evaluation, classes: Sequence[str], batch_size: int) -> dict:
+    """metrics/<variant>/seed-<n>.json: the run's identity and its test metrics."""
+    return {
+        "variant": run["variant"],
+        "seed": run["seed"],
+        "run_id": run["run_id"],
+        "test_accuracy": evaluation.test_accuracy,
+        "test_loss": evaluation.test_loss,
+        "inference_images_per_second": evaluation.images_per_second,
+        "eval_batch_size": batch_size,
+        "test_examples": int(evaluation.confusion.sum()),
+        "per_class_accuracy": dict(zip(classes, evaluation.per_class_accuracy, strict=True)),
+    }
+
+
+def confusion_pairs(confusion: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+    """One (actual, predicted) row per test image, as `dvc plots`' confusion template reads them."""
+    k = len(classes)
+    pairs = [(classes[t], classes[p]) for t in range(k) for p in range(k) for _ in range(int(confusion[t, p]))]
+    return pd.DataFrame(pairs, columns=["actual", "predicted"])

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from pipeline.datasets import class_names
 from pipeline.errors import ConfigError, DataError
+from pipeline.prepared import Prepared
+
+if TYPE_CHECKING:
+    from pipeline.config import DataConfig
+    from pipeline.datasets import Dataset
 
 
 def _images(images: np.ndarray, name: str) -> np.ndarray:
@@ -57,3 +65,20 @@ def prepare_arrays(
         "x_test": x_test,
         "y_test": y_test,
     }
+
+
+def prepare(
+    dataset: Dataset,
+    raw: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    source_sha256: tuple[str, ...],
+    config: DataConfig,
+) -> Prepared:
+    """The prepared splits of a dataset from its four raw arrays (train images and labels, test
+    images and labels), as configured by the data section of params.yaml."""
+    arrays = prepare_arrays(*raw, validation_size=config.validation_size, seed=config.split_seed)
+    return Prepared(
+        **arrays,
+        classes=class_names(dataset, raw[1], raw[3]),
+        dataset=dataset.name,
+        source_sha256=tuple(source_sha256),
+    )

@@ -9,12 +9,22 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from pipeline.errors import DataError
+from pipeline.paths import run_name
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from pipeline.artifacts import RunOutputs
+    from pipeline.config import Params
+    from pipeline.prepared import Prepared
 
 RUN_COLUMNS = [
     "variant",
@@ -65,7 +75,7 @@ CURVE_COLUMNS = ["variant", "step", "mean", "std", "n"]
 
 def _run_name(record: Mapping, index: int) -> str:
     if "variant" in record and "seed" in record:
-        return f"{record['variant']}/seed-{record['seed']}"
+        return run_name(record["variant"], record["seed"])
     return f"record #{index}"
 
 
@@ -385,3 +395,99 @@ def rolling_mean(curves: pd.DataFrame, window: int = 20) -> pd.DataFrame:
     for column in ("mean", "std"):
         curves[column] = curves.groupby("variant")[column].transform(lambda s: s.rolling(window, min_periods=1).mean())
     return curves
+
+
+# --- the whole report -------------------------------------------------------------------------
+
+FEATURE_MAP_IMAGES = 3
+
+
+@dataclass
+class Report:
+    """Everything the compare stage writes: tables, Markdown, DVC metrics, curves and figures."""
+
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    markdown: str
+    metrics: dict[str, dict[str, Any]]
+    curves: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+
+def _collapsed_list(records: list[dict], num_classes: int) -> str:
+    collapsed = [r for r in records if collapsed_run(r, num_classes)]
+    if not collapsed:
+        return ""
+    lines = [
+        f"\nRuns that ended at chance level (test accuracy below {1.5 / num_classes:.0%}: the network"
+        " predicts one class; kept in the statistics above):\n"
+    ]
+    for r in collapsed:
+        line = f"- {run_name(r['variant'], r['seed'])}: {r['test_accuracy']:.2%}"
+        if r.get("diverged_at_step") is not None:
+            line += f", loss became NaN/inf at step {r['diverged_at_step']}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _summary_metrics(summary: pd.DataFrame, records: list[dict], num_classes: int) -> dict[str, dict[str, Any]]:
+    """reports/summary.json (the DVC metrics): per variant, what a user compares across experiments."""
+    return {
+        row.variant: {
+            "test_accuracy_mean": row.test_accuracy_mean,
+            "test_accuracy_std": row.test_accuracy_std,
+            "diff_vs_baseline_mean": row.diff_vs_baseline_mean,
+            "p_value": row.p_value,
+            "train_seconds_mean": row.train_seconds_mean,
+            "diverged_runs": sum(
+                1 for r in records if r["variant"] == row.variant and r.get("diverged_at_step") is not None
+            ),
+            "collapsed_runs": sum(1 for r in records if r["variant"] == row.variant and collapsed_run(r, num_classes)),
+        }
+        for row in summary.itertuples()
+    }
+
+
+def build_report(outputs: Sequence[RunOutputs], data: Prepared, params: Params, models: Mapping[str, Any]) -> Report:
+    """The comparison of every variant x seed run: tables, statistics, curves and figures.
+
+    ``models`` maps a variant with upsampling layers to one trained Keras model (its first seed),
+    whose feature maps are drawn for a few test images.
+    """
+    from pipeline import figures
+    from pipeline.models import activations, upsampling_layer_names
+
+    records = [o.record for o in outputs]
+    runs = runs_table(records, variant_order=list(params.variants))
+    summary = summarize(runs)
+    keys = [(o.record["variant"], o.record["seed"]) for o in outputs]
+    val_curves = learning_curves(dict(zip(keys, (o.validation for o in outputs), strict=True)), "val_accuracy")
+    loss_curves = rolling_mean(learning_curves(dict(zip(keys, (o.history for o in outputs), strict=True)), "loss"))
+    matrices: dict[str, list[pd.DataFrame]] = {}
+    for key, o in zip(keys, outputs, strict=True):
+        matrices.setdefault(key[0], []).append(o.confusion_pairs)
+    report = Report(
+        runs=runs,
+        summary=summary,
+        markdown=summary_markdown(
+            summary, title=f"{data.dataset}, {len(params.train.seeds)} seeds, {params.train.steps} steps"
+        )
+        + _collapsed_list(records, data.num_classes),
+        metrics=_summary_metrics(summary, records, data.num_classes),
+        curves={"val_accuracy": curve_table(val_curves, "val_accuracy"), "loss": curve_table(loss_curves, "loss")},
+    )
+    report.figures = {
+        "accuracy_vs_time.png": figures.accuracy_vs_time_figure(summary),
+        "learning_curves_val_accuracy.png": figures.learning_curves_figure(val_curves, "validation accuracy"),
+        "learning_curves_loss.png": figures.learning_curves_figure(loss_curves, "training loss (mean of 20 steps)"),
+        "confusion_matrices.png": figures.confusion_matrices_figure(
+            {v: confusion_from_pairs(pd.concat(p), data.classes) for v, p in matrices.items()}, data.classes
+        ),
+    }
+    images = data.x_test[:FEATURE_MAP_IMAGES]
+    for variant, model in models.items():
+        maps = activations(model, upsampling_layer_names(params.variants[variant]), images)
+        figure = figures.feature_maps_figure(images, maps)
+        figure.suptitle(f"{variant}: feature maps after each upsampling layer (each panel scaled to its own range)")
+        report.figures[f"feature_maps_{variant}.png"] = figure
+    return report

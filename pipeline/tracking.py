@@ -10,9 +10,14 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.config import Params
+    from pipeline.prepared import Prepared
 
 from pipeline.errors import TrackingError
+from pipeline.paths import run_name  # noqa: F401  (a run's one name; re-exported for callers of tracking)
 
 EXPERIMENT_NAME = "deconvolution"
 STORE_FILE = "mlflow.db"
@@ -51,10 +56,6 @@ def use_scratch_store() -> None:
     import tempfile
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='mlflow-worker-')}/scratch.db"
-
-
-def run_name(variant: str, seed: int) -> str:
-    return f"{variant}/seed-{seed}"
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -160,8 +161,10 @@ def tracked_run(
     run_id: str | None = None,
     name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    failed: bool = False,
 ) -> Iterator[Any]:
-    """An MLflow run that ends FINISHED on success, KILLED on Ctrl-C/SIGTERM and FAILED on an error."""
+    """An MLflow run that ends FINISHED on success (FAILED if `failed`: a diverged run stays marked
+    so when its evaluation is logged), KILLED on Ctrl-C/SIGTERM and FAILED on an error."""
     import mlflow
 
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=name, tags=dict(tags or {}))
@@ -174,7 +177,7 @@ def tracked_run(
         _end_run_quietly("FAILED")
         raise
     else:
-        mlflow.end_run("FINISHED")
+        mlflow.end_run("FAILED" if failed else "FINISHED")
 
 
 def _end_run_quietly(status: str) -> None:
@@ -314,3 +317,125 @@ def log_keras_model(model: Any, sample: Any) -> None:
         signature=signature,
         pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
     )
+
+
+# --- the runs the stages log ------------------------------------------------------------------
+
+# run.json values logged as metrics at the end of training (val_accuracy is already a series)
+TRAINING_METRICS = (
+    "train_seconds",
+    "trace_seconds",
+    "validation_seconds",
+    "train_images_per_second",
+    "trainable_params",
+    "flops_per_image",
+    "peak_memory_mb",
+)
+
+
+class TrainingRun:
+    """The MLflow run of one train stage while it trains: per-step metrics in the background
+    (`log_steps`, a training progress callback), then the record and the model (`finish`)."""
+
+    def __init__(self, run: Any, experiment_id: str, name: str) -> None:
+        self.run_id = run.info.run_id
+        self.experiment_id = experiment_id
+        self.name = name
+        self.diverged = False
+        self._steps = StepLogger()
+
+    def log_steps(self, result: Any) -> None:
+        self._steps.log(result)
+
+    def finish(self, model: Any, result: Any, record: Mapping[str, Any], model_dir: Path, sample: Any) -> None:
+        """Log what is left once the trained model and run.json are on disk; a failure here is a
+        TrackingError that says the results are safe."""
+        import mlflow
+
+        try:
+            self._steps.close(result)
+            log_metrics({k: v for k, v in record.items() if k in TRAINING_METRICS and v is not None})
+            mlflow.log_artifact(str(model_dir / "spec.json"))
+            log_keras_model(model, sample)
+            if result.diverged_at is not None:
+                mlflow.set_tag("diverged_at_step", result.diverged_at)
+        except Exception as exc:
+            raise TrackingError(
+                f"{self.name}: training finished and its model and metrics are saved in {model_dir}, but logging"
+                f" to MLflow failed ({exc}). Fix the tracking store and rerun `dvc repro`."
+            ) from None
+        self.diverged = result.diverged_at is not None
+
+
+def training_params(variant: str, seed: int, params: Params) -> dict[str, Any]:
+    """A training run's MLflow params: the same names as in params.yaml, plus variant, seed and layers."""
+    from pipeline.models import summarize_layers
+
+    return {
+        "variant": variant,
+        "seed": seed,
+        "variant.layers": summarize_layers(params.variants[variant]),
+        **flatten("data", params.data.model_dump(exclude={"mirrors", "sha256"})),
+        **flatten("train", params.train.model_dump(exclude={"seeds"})),
+    }
+
+
+@contextmanager
+def training_run(experiment_id: str, variant: str, seed: int, params: Params, data: Prepared) -> Iterator[TrainingRun]:
+    """The MLflow run of train@<variant>-<seed>, named and tagged, with its params logged. It ends
+    FINISHED, or FAILED for a diverged run (and on an error), or KILLED on Ctrl-C."""
+    import mlflow
+
+    name = run_name(variant, seed)
+    tags = run_tags(
+        variant=variant,
+        seed=seed,
+        stage=f"train@{variant}-{seed}",
+        dataset=data.dataset,
+        dataset_sha256=",".join(data.source_sha256),
+    )
+    with tracked_run(experiment_id, name=name, tags=tags) as run:
+        mlflow.log_params(training_params(variant, seed, params))
+        training = TrainingRun(run, experiment_id, name)
+        yield training
+        if training.diverged:
+            mlflow.end_run("FAILED")
+
+
+def log_evaluation(evaluation: Any, confusion_png: Path, *, batch_size: int) -> None:
+    """An evaluate stage's test metrics, per-class accuracies and confusion matrix, into the active run."""
+    import mlflow
+
+    mlflow.log_artifact(str(confusion_png))
+    log_metrics(
+        {
+            "test_accuracy": evaluation.test_accuracy,
+            "test_loss": evaluation.test_loss,
+            "inference_images_per_second": evaluation.images_per_second,
+            **{f"test_accuracy.class_{i}": v for i, v in enumerate(evaluation.per_class_accuracy)},
+        }
+    )
+    # a tag, not a param: re-evaluating the same trained run with another batch size must not conflict
+    mlflow.set_tag("evaluate.batch_size", batch_size)
+
+
+def log_summary_run(experiment_id: str, params: Params, metrics: Mapping, reports: Path, run_ids: list[str]) -> str:
+    """The compare stage's `summary` run: the report as artifacts, its figures as metrics, and a
+    `summary_run_id` tag on every run it summarizes. Returns its run id."""
+    import mlflow
+
+    from pipeline.artifacts import json_safe
+
+    with tracked_run(experiment_id, name="summary", tags={"summary": "true", **context_tags()}) as run:
+        mlflow.log_params(
+            {"variants": ",".join(params.variants), "train.seeds": ",".join(map(str, params.train.seeds))}
+        )
+        mlflow.log_metrics(
+            {f"{v}.{k}": x for v, m in json_safe(metrics).items() for k, x in m.items() if x is not None}
+        )
+        mlflow.log_artifacts(str(reports), artifact_path="reports")
+        mlflow.set_tag("summary.runs", ",".join(run_ids))
+        client = mlflow.MlflowClient()
+        for run_id in run_ids:
+            client.set_tag(run_id, "summary_run_id", run.info.run_id)
+        return run.info.run_id

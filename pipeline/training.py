@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.config import TrainConfig
+from pipeline.config import TrainConfig, Variant
+from pipeline.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
+
+    from pipeline.models import LayerInfo
+    from pipeline.prepared import Prepared
 
 
 @dataclass
@@ -116,40 +121,27 @@ class Trainer:
         strategy: tf.distribute.Strategy | None = None,
     ):
         """With a tf.distribute strategy, build the model and this Trainer inside strategy.scope()."""
-        import keras
         import tensorflow as tf
 
         self.model = model
         self.config = config
         self.optimizer = make_optimizer(config)
         self.optimizer.build(model.trainable_variables)
-        # one copy, read straight from x_train (memory-mapped by artifacts.read_npz: never read twice)
+        # one copy, read straight from x_train (memory-mapped by pipeline.prepared: never read twice)
         self._x = tf.constant(x_train)
         self._y = tf.constant(y_train.astype(np.int32))
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        variables = model.trainable_variables
+        step = self._distributed_step(strategy, config.batch_size) if strategy is not None else self._local_step()
 
         def run_steps(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            """One compiled call: a step per row of indices; every step's loss and minibatch accuracy."""
             count = tf.shape(indices)[0]
             losses = tf.TensorArray(tf.float32, size=count)
             accuracies = tf.TensorArray(tf.float32, size=count)
             for i in tf.range(count):
-                x = tf.gather(self._x, indices[i])
-                y = tf.gather(self._y, indices[i])
-                with tf.GradientTape() as tape:
-                    logits = model(x, training=True)
-                    loss = loss_fn(y, logits)
-                    if model.losses:
-                        loss += tf.add_n(model.losses)
-                grads = tape.gradient(loss, variables)
-                self.optimizer.apply_gradients(zip(grads, variables, strict=True))
-                correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+                loss, accuracy = step(indices[i])
                 losses = losses.write(i, loss)
-                accuracies = accuracies.write(i, tf.reduce_mean(tf.cast(correct, tf.float32)))
+                accuracies = accuracies.write(i, accuracy)
             return losses.stack(), accuracies.stack()
-
-        if strategy is not None:
-            run_steps = self._distributed_steps(strategy, config.batch_size)
 
         def predict(x: tf.Tensor) -> tf.Tensor:
             return model(x, training=False)
@@ -157,8 +149,31 @@ class Trainer:
         self._run_steps = tf.function(run_steps, input_signature=[tf.TensorSpec([None, config.batch_size], tf.int32)])
         self._predict = tf.function(predict, input_signature=[tf.TensorSpec([None, *x_train.shape[1:]], tf.float32)])
 
-    def _distributed_steps(self, strategy: tf.distribute.Strategy, batch_size: int) -> Callable:
-        """The same loop, each step's batch split across the strategy's replicas (devices or workers).
+    def _local_step(self) -> Callable:
+        """One training step on this device: the loss and minibatch accuracy of the batch at `indices`."""
+        import keras
+        import tensorflow as tf
+
+        model, variables = self.model, self.model.trainable_variables
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        def step(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            x = tf.gather(self._x, indices)
+            y = tf.gather(self._y, indices)
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                loss = loss_fn(y, logits)
+                if model.losses:
+                    loss += tf.add_n(model.losses)
+            grads = tape.gradient(loss, variables)
+            self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+            correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+            return loss, tf.reduce_mean(tf.cast(correct, tf.float32))
+
+        return step
+
+    def _distributed_step(self, strategy: tf.distribute.Strategy, batch_size: int) -> Callable:
+        """The same step, its batch split across the strategy's replicas (devices or workers).
 
         Every replica takes its own slice of the step's indices; gradients are summed across replicas
         by the optimizer, so all replicas keep identical weights.
@@ -186,17 +201,12 @@ class Trainer:
             correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
             return loss, tf.reduce_sum(tf.cast(correct, tf.float32)) / batch_size
 
-        def run_steps(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            count = tf.shape(indices)[0]
-            losses = tf.TensorArray(tf.float32, size=count)
-            accuracies = tf.TensorArray(tf.float32, size=count)
-            for i in tf.range(count):
-                loss, accuracy = strategy.run(replica_step, args=(indices[i],))
-                losses = losses.write(i, strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None))
-                accuracies = accuracies.write(i, strategy.reduce(tf.distribute.ReduceOp.SUM, accuracy, axis=None))
-            return losses.stack(), accuracies.stack()
+        def step(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            loss, accuracy = strategy.run(replica_step, args=(indices,))
+            total = tf.distribute.ReduceOp.SUM
+            return strategy.reduce(total, loss, axis=None), strategy.reduce(total, accuracy, axis=None)
 
-        return run_steps
+        return step
 
     def trace(self) -> float:
         """Compile the graphs once, ahead of timing; returns the seconds it took."""
@@ -299,3 +309,82 @@ def train(
     if best_weights is not None:
         trainer.model.set_weights(best_weights)
     return result
+
+
+# --- one run, as the train stage does it ------------------------------------------------------
+
+
+def build_trainer(
+    spec: Variant,
+    config: TrainConfig,
+    data: Prepared,
+    *,
+    seed: int,
+    strategy: tf.distribute.Strategy | None = None,
+) -> Trainer:
+    """Seed everything, build the variant's model and its Trainer (inside the strategy's scope)."""
+    from contextlib import nullcontext
+
+    from pipeline.models import build_model
+
+    seed_everything(seed)
+    with strategy.scope() if strategy else nullcontext():
+        model = build_model(spec, data.input_shape, data.num_classes, initializer=config.initializer, seed=seed)
+        try:
+            return Trainer(model, config, data.x_train, data.y_train, strategy=strategy)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def run(trainer: Trainer, data: Prepared, *, seed: int, name: str, on_chunk: Sequence[ProgressFn] = ()) -> TrainResult:
+    """train() on the prepared splits, then apply train.on_divergence: a NaN/inf loss fails the
+    stage ("fail") or is recorded as a diverged run with a warning ("record")."""
+
+    def progress(result: TrainResult) -> None:
+        for callback in on_chunk:
+            callback(result)
+
+    result = train(trainer, data.x_valid, data.y_valid, seed=seed, on_chunk=progress)
+    if result.diverged_at is not None:
+        message = (
+            f"{name}: the training loss became NaN/inf at step {result.diverged_at}:"
+            " lower train.learning_rate or check the data"
+        )
+        if trainer.config.on_divergence == "fail":
+            raise UserError(message)
+        print(f"warning: {message}; recorded as a diverged run (train.on_divergence: record)", file=sys.stderr)
+    return result
+
+
+def progress_printer(name: str, config: TrainConfig) -> ProgressFn:
+    """A line on stderr after each validation: step, loss, minibatch and validation accuracy, speed."""
+
+    def show(result: TrainResult) -> None:
+        if result.val_steps and result.val_steps[-1] == result.steps[-1]:
+            print(
+                f"{name}: step {result.val_steps[-1]:>5}/{config.steps}  loss {result.loss[-1]:.4f}"
+                f"  minibatch accuracy {result.accuracy[-1]:.3f}  val_accuracy {result.val_accuracy[-1]:.4f}"
+                f"  ({result.images_per_second(config.batch_size):,.0f} images/s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return show
+
+
+def run_record(result: TrainResult, config: TrainConfig, spec: Variant, layers: list[LayerInfo]) -> dict:
+    """What run.json keeps of a training run besides its identity: steps, outcome, timings, size."""
+    from pipeline.models import flops_per_image, trainable_params
+
+    return {
+        "steps": result.steps_done,
+        "stopped_early_at": result.stopped_early_at,
+        "diverged_at_step": result.diverged_at,
+        "val_accuracy": result.val_accuracy[-1] if result.val_accuracy else None,
+        "train_seconds": result.train_seconds,
+        "trace_seconds": result.trace_seconds,
+        "validation_seconds": result.validation_seconds,
+        "train_images_per_second": result.images_per_second(config.batch_size),
+        "trainable_params": trainable_params(layers, spec),
+        "flops_per_image": flops_per_image(layers),
+    }

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipeline.worker import stop_workers
+from pipeline.runtime.worker import stop_workers
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +18,7 @@ def _isolated_tracking_env(monkeypatch):
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_stage_workers(tmp_path_factory):
-    """Stage workers (pipeline.worker) started by the tests' stages live in this session's own
+    """Stage workers (pipeline.runtime.worker) started by the tests' stages live in this session's own
     directory and are stopped with the session."""
     directory = tmp_path_factory.mktemp("workers")
     directory.chmod(0o700)

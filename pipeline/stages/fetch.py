@@ -8,11 +8,11 @@ from pathlib import Path
 from pipeline.config import load_params
 from pipeline.datasets import fetch_dataset, resolve_dataset
 from pipeline.models import check_variant
-from pipeline.stages import run_stage
+from pipeline.runtime.stage import run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.stages.fetch", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline fetch", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--out", default="data/raw", type=Path, help="raw data root (default: data/raw)")
     parser.add_argument("--no-progress", action="store_true", help="no download progress bars")

@@ -1,47 +1,33 @@
-"""DVC stage `prepare`: split and scale the raw IDX files into <out>/<dataset>.npz."""
+"""DVC stage `prepare`: split and scale the raw IDX files into <out>/<dataset>/ (pipeline.prepared)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-import numpy as np
-
+from pipeline import paths, prepared
 from pipeline.config import load_params
-from pipeline.datasets import IDX_FILES, class_names, file_sha256, load_raw, resolve_dataset
-from pipeline.preparation import prepare_arrays
-from pipeline.stages import run_stage
+from pipeline.datasets import IDX_FILES, file_sha256, load_raw, resolve_dataset
+from pipeline.preparation import prepare
+from pipeline.runtime.stage import run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.stages.prepare", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline prepare", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--raw", default="data/raw", type=Path, help="raw data root (default: data/raw)")
-    parser.add_argument("--out", default="data/prepared", type=Path, help="output dir (default: data/prepared)")
+    parser.add_argument("--raw", default=paths.RAW, type=Path, help=f"raw data root (default: {paths.RAW})")
+    parser.add_argument("--out", default=paths.PREPARED, type=Path, help=f"output root (default: {paths.PREPARED})")
     args = parser.parse_args(argv)
 
-    data = load_params(args.params).data
-    dataset = resolve_dataset(data.dataset, data.sha256)
-    raw_dir = args.raw / dataset.name
-    raw = load_raw(raw_dir, dataset)
-    arrays = prepare_arrays(*raw, validation_size=data.validation_size, seed=data.split_seed)
-    arrays["classes"] = np.array(class_names(dataset, raw[1], raw[3]), dtype=str)
-    arrays["source_sha256"] = np.array([file_sha256(raw_dir / n) for n in IDX_FILES.values()], dtype=str)
-    arrays["dataset"] = np.array(dataset.name, dtype=str)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"{dataset.name}.npz"
-    tmp = args.out / f".{out.name}.{os.getpid()}.tmp"  # same directory, so os.replace is atomic
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)  # uncompressed: every train/evaluate stage loads it, in ~0.1 s
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    counts = ", ".join(f"{split} {len(arrays['y_' + split])}" for split in ("train", "valid", "test"))
-    size = "x".join(map(str, arrays["x_test"].shape[1:3]))
+    config = load_params(args.params).data
+    dataset = resolve_dataset(config.dataset, config.sha256)
+    raw_dir = paths.raw_dir(dataset.name, args.raw)
+    sources = tuple(file_sha256(raw_dir / name) for name in IDX_FILES.values())
+    data = prepare(dataset, load_raw(raw_dir, dataset), sources, config)
+    out = paths.prepared_dir(dataset.name, args.out)
+    prepared.save(out, data)
+    counts = ", ".join(f"{split} {len(getattr(data, 'y_' + split))}" for split in ("train", "valid", "test"))
+    size = "x".join(map(str, data.input_shape[:2]))
     print(f"prepared {dataset.name}: {counts} images of {size} -> {out}")
 
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
+import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import support
 import yaml
-from support import ROOT
+from support import ROOT, Lines, clean_env, commit_all, dvc_init, git_init, kill_group
 
 from pipeline.datasets import IDX_FILES, file_sha256, write_idx
 
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 SEEDS = [1, 2]
 VARIANTS = ["baseline", "transposed"]
+N_TEST = 300
 
 
 def learnable_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -33,19 +34,25 @@ def learnable_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return images, labels
 
 
+def tiny_dataset() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The repo's dataset: 700 training and N_TEST test images of `learnable_images`, always the same."""
+    rng = np.random.default_rng(0)
+    x_train, y_train = learnable_images(700, rng)
+    x_test, y_test = learnable_images(N_TEST, rng)
+    return x_train, y_train, x_test, y_test
+
+
 def make_repo(path: Path) -> dict:
     """A git + DVC repo holding this project's pipeline, with params for a tiny local IDX dataset."""
     path.mkdir()
     for item in ("dvc.yaml", "pipeline", ".gitignore"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, path / item)
-    shutil.rmtree(path / "pipeline" / "__pycache__", ignore_errors=True)
+    for cache in path.joinpath("pipeline").rglob("__pycache__"):
+        shutil.rmtree(cache, ignore_errors=True)
     raw = path.parent / "mirror"
     raw.mkdir()
-    rng = np.random.default_rng(0)
-    x_train, y_train = learnable_images(700, rng)
-    x_test, y_test = learnable_images(300, rng)
-    for key, array in zip(IDX_FILES, (x_train, y_train, x_test, y_test), strict=True):
+    for key, array in zip(IDX_FILES, tiny_dataset(), strict=True):
         write_idx(raw / IDX_FILES[key], array)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(
@@ -54,27 +61,25 @@ def make_repo(path: Path) -> dict:
         sha256={name: file_sha256(raw / name) for name in IDX_FILES.values()},
         validation_size=100,
     )
-    params["train"].update(steps=41, validation_every=20, seeds=SEEDS, batch_size=16)
+    # Keras' initializer: every seed of both variants reaches test accuracy 1.0 within the 41 steps on
+    # this data (with the tutorial's, transposed/seed-2 is still at chance then)
+    params["train"].update(steps=41, validation_every=20, seeds=SEEDS, batch_size=16, initializer="keras")
     params["evaluate"]["batch_size"] = 37  # not the training batch size, not a divisor of 300
     params["variants"] = {name: params["variants"][name] for name in VARIANTS}
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=path, check=True, env=env())
+    git_init(path)
+    dvc_init(path)
+    commit_all(path)
     return params
 
 
-def env(**extra: str) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    out.update(extra)
-    out["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{out.get('PATH', '')}"
-    out["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    for key in ("GIT_AUTHOR", "GIT_COMMITTER"):
-        out[f"{key}_NAME"], out[f"{key}_EMAIL"] = "test", "test@localhost"
-    return out
+def head(repo: Path) -> str:
+    """The repo's current commit, as the stages tag their runs with it."""
+    return support.run(["git", "rev-parse", "HEAD"], cwd=repo, env=clean_env(), check=True, timeout=60).stdout.strip()
 
 
 def dvc(repo: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(["dvc", *args], cwd=repo, env=env(**extra_env), capture_output=True, text=True, timeout=900)
+    result = support.run(["dvc", *args], cwd=repo, env=clean_env(**extra_env), timeout=900)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -116,9 +121,7 @@ def test_every_variant_and_seed_has_a_finished_run_with_params_metrics_and_model
         assert run.data.tags["evaluate.batch_size"] == "37"
         assert run.data.params["data.dataset"] == "tiny"
         assert run.data.tags["dvc.stage"] == f"train@{variant}-{seed}"
-        assert len(run.data.tags["git.commit"]) in (40, len("unknown"))
-        accuracy = run.data.metrics["test_accuracy"]
-        assert 0.0 <= accuracy <= 1.0
+        assert run.data.tags["git.commit"] == run.data.tags["mlflow.source.git.commit"] == head(repo)
         # per-step history logged with steps
         history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
         assert [m.step for m in history] == list(range(41))
@@ -137,12 +140,53 @@ def test_every_variant_and_seed_has_a_finished_run_with_params_metrics_and_model
         assert models[0].artifact_location.startswith((repo / "mlartifacts").as_uri())
 
 
-def test_baseline_learns_the_easy_dataset(repo: Path):
-    for seed in SEEDS:
-        metrics = json.loads((repo / "metrics" / "baseline" / f"seed-{seed}.json").read_text())
-        assert metrics["test_accuracy"] > 0.5, "10 classes: chance is 0.1"
+def metrics_files(repo: Path) -> dict[str, Path]:
+    """Each run's metrics JSON, by run name, where dvc.yaml's evaluate stages write them."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    out = {}
+    for name, stage in lock.items():
+        if name.startswith("evaluate@"):
+            variant, seed = name.removeprefix("evaluate@").rsplit("-", 1)
+            (path,) = [o["path"] for o in stage["outs"] if o["path"].endswith(".json")]
+            out[f"{variant}/seed-{seed}"] = repo / path
+    return out
+
+
+def test_every_run_learns_and_mlflow_holds_the_metrics_files_values(repo: Path):
+    import mlflow
+
+    *_, y_test = tiny_dataset()
+    class_counts = np.bincount(y_test, minlength=10)
+    files = metrics_files(repo)
+    assert set(files) == {f"{v}/seed-{s}" for v in VARIANTS for s in SEEDS}
+    runs = {r.info.run_name: r for r in mlflow_runs(repo)[1] if r.data.tags.get("summary") != "true"}
+    for name, path in files.items():
+        variant, seed = name.split("/seed-")
+        metrics = json.loads(path.read_text())
+        assert (metrics["variant"], metrics["seed"]) == (variant, int(seed))
         assert metrics["eval_batch_size"] == 37
-        assert metrics["test_examples"] == 300
+        assert metrics["test_examples"] == N_TEST
+        # sanity: the data is easy (every run reaches 1.0 here); chance is 0.1, guessing uniformly costs ln 10
+        accuracy, loss = metrics["test_accuracy"], metrics["test_loss"]
+        assert accuracy > 0.9, f"{name}: test_accuracy {accuracy}"
+        assert math.isfinite(loss) and 0.0 < loss < 0.5 * math.log(10), f"{name}: test_loss {loss}"
+        correct = round(accuracy * N_TEST)
+        assert abs(correct / N_TEST - accuracy) < 1e-12, "a test accuracy is a count of correct answers / 300"
+        per_class = list(metrics["per_class_accuracy"].values())
+        assert len(per_class) == 10
+        assert all(0.0 <= a <= 1.0 for a in per_class)
+        assert round(sum(a * n for a, n in zip(per_class, class_counts, strict=True))) == correct
+        assert metrics["inference_images_per_second"] > 0
+        # MLflow holds the same run and exactly the same numbers (float64 both ways)
+        run = runs[name]
+        assert metrics["run_id"] == run.info.run_id
+        logged = run.data.metrics
+        assert logged["test_accuracy"] == accuracy
+        assert logged["test_loss"] == loss
+        assert logged["inference_images_per_second"] == metrics["inference_images_per_second"]
+        assert [logged[f"test_accuracy.class_{i}"] for i in range(10)] == per_class
+        val = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")
+        assert max(m.value for m in val) > 0.9, f"{name}: validation accuracy {[m.value for m in val]}"
 
 
 def test_comparison_has_one_row_per_run_and_summary_per_variant(repo: Path):
@@ -236,7 +280,6 @@ def test_parallel_queued_experiments_all_land_in_the_embedded_store(repo: Path):
 
 
 def test_kill_9_mid_training_leaves_nothing_dvc_trusts_and_the_rerun_succeeds(repo: Path):
-    import signal
     import time
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -245,18 +288,19 @@ def test_kill_9_mid_training_leaves_nothing_dvc_trusts_and_the_rerun_succeeds(re
     proc = subprocess.Popen(
         ["dvc", "repro", "train@baseline-1"],
         cwd=repo,
-        env=env(),
+        env=clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
-    for line in proc.stdout:
-        if "step     0/20000" in line:
-            break
-    time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        Lines(proc.stdout).wait_for("step     0/20000", timeout=300)
+        time.sleep(0.5)
+    finally:
+        kill_group(proc)  # SIGKILL to dvc and the stage it runs
+        proc.stdout.close()
+    assert proc.returncode == -9
     assert not (repo / "models" / "baseline" / "seed-1").exists()
     assert "train@baseline-1" in changed_stages(repo)
     params["train"].update(steps=41, validation_every=20)  # back to a quick rerun

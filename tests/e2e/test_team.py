@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from support import ROOT
-from test_pipeline_e2e import SEEDS, VARIANTS, changed_stages, dvc, make_repo, run_queued_grid
+from support import BIN, ROOT, Lines, arg_value, clean_env, kill_group, stage_command, stage_outs, write_prepared
+from test_pipeline_e2e import SEEDS, VARIANTS, changed_stages, dvc, make_repo, metrics_files, run_queued_grid
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def server():
         MLFLOW_PORT=str(port),
         MLFLOW_PG_PORT=str(free_port()),
         MLFLOW_SERVER_DIR=str(state),
-        MLFLOW_BIN=str(Path(sys.executable).parent / "mlflow"),
+        MLFLOW_BIN=str(BIN / "mlflow"),
         MLFLOW_WORKERS="2",
     )
     log = open(state / "server.log", "w")  # noqa: SIM115 (closed below)
@@ -54,22 +54,28 @@ def server():
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+            assert proc.poll() is None, (state / "server.log").read_text()
+        else:
+            pytest.fail("the MLflow server did not start:\n" + (state / "server.log").read_text())
+        yield url
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, 15)  # the script stops PostgreSQL and MLflow on SIGTERM
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(1)
-        assert proc.poll() is None, (state / "server.log").read_text()
-    else:
-        pytest.fail("the MLflow server did not start:\n" + (state / "server.log").read_text())
-    yield url
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=60)
-    log.close()
-    shutil.rmtree(state, ignore_errors=True)
+            proc.wait(timeout=60)
+        finally:
+            kill_group(proc)  # SIGKILL only when SIGTERM did not stop it in time
+            log.close()
+            shutil.rmtree(state, ignore_errors=True)
 
 
 def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path: Path):
@@ -84,9 +90,14 @@ def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path:
     runs = client.search_runs([experiment.experiment_id])
     training = {r.info.run_name: r for r in runs if r.data.tags.get("summary") != "true"}
     assert set(training) == {f"{v}/seed-{s}" for v in VARIANTS for s in SEEDS}
-    for run in training.values():
+    for name, path in metrics_files(repo).items():
+        run, metrics = training[name], json.loads(path.read_text())
         assert run.info.status == "FINISHED"
-        assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
+        assert metrics["run_id"] == run.info.run_id
+        assert metrics["test_accuracy"] > 0.9  # every run learns the easy data; chance is 0.1
+        # the server holds exactly the numbers of the metrics files
+        assert run.data.metrics["test_accuracy"] == metrics["test_accuracy"]
+        assert run.data.metrics["test_loss"] == metrics["test_loss"]
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 41
     # the model comes back through the server's proxied artifact store
     mlflow.set_tracking_uri(server)
@@ -127,37 +138,49 @@ def test_dvc_remote_push_then_pull_restores_everything(tmp_path: Path):
 
 
 def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_logs(tmp_path: Path):
-    import json
-
     import keras
     import mlflow
     import numpy as np
     import yaml
-    from test_stage_faults import stage_env, train_cmd, write_prepared
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["variants"] = {"baseline": params["variants"]["baseline"]}
     params["train"].update(steps=30, validation_every=10, seeds=[1], distribution="multi_worker")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    write_prepared(tmp_path / "tiny.npz")
+    command = stage_command("train", params, variant="baseline", seed=1)  # as dvc.yaml runs it
+    write_prepared(tmp_path / arg_value(command, "--data"), dataset=params["data"]["dataset"])
+    out = command.index("--out") + 1
+    (model_dir,) = stage_outs("train", params, variant="baseline", seed=1)
+    model_dir = Path(model_dir).relative_to(command[out])  # baseline/seed-1 under each worker's --out
     ports = [free_port(), free_port()]
     procs = []
-    for rank in (0, 1):
-        task = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": rank}}
-        env = stage_env(tmp_path, TF_CONFIG=json.dumps(task))
-        command = train_cmd("--out", f"models-{rank}")
-        procs.append(subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True))
-    errors = [p.communicate(timeout=300)[1] for p in procs]
+    try:
+        for rank in (0, 1):
+            cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+            task = {"cluster": cluster, "task": {"type": "worker", "index": rank}}
+            env = clean_env(PYTHONPATH=str(ROOT), TF_CONFIG=json.dumps(task))
+            command[out] = f"models-{rank}"
+            procs.append(
+                subprocess.Popen(
+                    list(command), cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+                )
+            )
+        stderrs = [Lines(p.stderr) for p in procs]  # both drained at once: the two train in lockstep
+        deadline = time.monotonic() + 300
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        errors = [lines.rest(timeout=30) for lines in stderrs]
+    finally:
+        for proc in procs:
+            kill_group(proc)  # a no-op for one that exited
     assert [p.returncode for p in procs] == [0, 0], errors
     weights = [
-        keras.saving.load_model(tmp_path / f"models-{rank}" / "baseline" / "seed-1" / "model.keras").get_weights()
+        keras.saving.load_model(tmp_path / f"models-{rank}" / model_dir / "model.keras").get_weights()
         for rank in (0, 1)
     ]
     for chief_array, worker_array in zip(*weights, strict=True):
         np.testing.assert_array_equal(chief_array, worker_array)
-    histories = [
-        json.loads((tmp_path / f"models-{r}" / "baseline" / "seed-1" / "run.json").read_text()) for r in (0, 1)
-    ]
+    histories = [json.loads((tmp_path / f"models-{r}" / model_dir / "run.json").read_text()) for r in (0, 1)]
     assert histories[0]["steps"] == histories[1]["steps"] == 30
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs([mlflow.get_experiment_by_name("deconvolution").experiment_id], output_format="list")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import support
 import yaml
 from idx_server import IdxServer, make_idx_dataset
-from support import ROOT as REPO
+from support import ROOT, clean_env
 
 from pipeline import datasets
 from pipeline.datasets import IDX_FILES, fetch_dataset, file_sha256, resolve_dataset
@@ -18,6 +18,14 @@ from pipeline.errors import ConfigError, FetchError
 
 NAMES = list(IDX_FILES.values())
 VARIANTS = {"baseline": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": None}]}}
+# Loopback downloads of a few kB: a generous client timeout, so a busy machine never turns a good
+# download into a timeout (and a retry the request counts would see).
+TIMEOUT = 30.0
+# The client timeout where a test meets the "stall" route. That route answers only when the server
+# shuts down (STALL_FOREVER), so this timeout always fires there, however slow the machine; it is
+# also the timeout of the good mirrors in those tests, hence not tiny.
+STALL_TIMEOUT = 2.0
+STALL_FOREVER = 24 * 3600.0
 
 
 @pytest.fixture(autouse=True)
@@ -37,12 +45,12 @@ def dataset(source):
 
 @pytest.fixture
 def server(source):
-    with IdxServer(source["directory"]) as srv:
+    with IdxServer(source["directory"], stall_seconds=STALL_FOREVER) as srv:  # stalls until teardown
         yield srv
 
 
 def fetch(dataset, mirrors, dest, **kwargs):
-    kwargs.setdefault("timeout", 0.5)
+    kwargs.setdefault("timeout", TIMEOUT)
     kwargs.setdefault("retries", 1)
     return fetch_dataset(dataset, mirrors, dest, progress=False, **kwargs)
 
@@ -61,12 +69,29 @@ def test_success_returns_verified_paths(server, dataset, source, tmp_path):
     assert server.count("good") == 4
 
 
-@pytest.mark.parametrize("route", ["missing", "error", "stall", "truncated", "corrupt", "loop"])
+# Requests one file costs on each fault route with retries=1: 404 and a bad checksum are not
+# retried, a 500 and a truncated body are, a redirect loop is followed until requests gives up.
+REQUESTS_PER_FILE = {"missing": 1, "error": 2, "truncated": 2, "corrupt": 1, "loop": 31}
+
+
+@pytest.mark.parametrize("route", ["missing", "error", "truncated", "corrupt", "loop"])
 def test_each_fault_falls_through_to_next_mirror(server, dataset, source, tmp_path, route):
     dest = tmp_path / "raw"
-    fetch(dataset, [server.url(route), server.url("good")], dest, retries=0 if route == "stall" else 1)
+    fetch(dataset, [server.url(route), server.url("good")], dest, retries=1)
     assert_complete(dest, source)
     assert server.count("good") == 4
+    assert server.count(route) == 4 * REQUESTS_PER_FILE[route]
+
+
+def test_a_stalled_mirror_times_out_and_falls_through(server, dataset, source, tmp_path, capfd):
+    dest = tmp_path / "raw"
+    dest.mkdir()
+    for name in NAMES[1:]:  # one file to fetch: each stall costs STALL_TIMEOUT seconds
+        (dest / name).write_bytes((source["directory"] / name).read_bytes())
+    fetch(dataset, [server.url("stall"), server.url("good")], dest, timeout=STALL_TIMEOUT, retries=0)
+    assert_complete(dest, source)
+    assert server.requests == {f"/stall/{NAMES[0]}": 1, f"/good/{NAMES[0]}": 1}
+    assert f"failed from {server.url('stall')}: timed out after {STALL_TIMEOUT:g}s" in capfd.readouterr().err
 
 
 def test_retries_server_errors_but_not_404(server, dataset, tmp_path):
@@ -81,7 +106,7 @@ def test_all_mirrors_fail_lists_every_mirror_and_reason(server, dataset, source,
     mirrors = [server.url(r) for r in ("missing", "error", "stall", "truncated", "corrupt", "loop")]
     dest = tmp_path / "raw"
     with pytest.raises(FetchError) as info:
-        fetch(dataset, mirrors, dest, retries=0)
+        fetch(dataset, mirrors, dest, timeout=STALL_TIMEOUT, retries=0)
     message = str(info.value)
     first = NAMES[0]
     for mirror, reason in zip(
@@ -89,7 +114,7 @@ def test_all_mirrors_fail_lists_every_mirror_and_reason(server, dataset, source,
         [
             "HTTP 404",
             "HTTP 500",
-            "timed out after 0.5s",
+            f"timed out after {STALL_TIMEOUT:g}s",
             "truncated",
             f"checksum mismatch: got {file_sha256_of_reversed(source, first)} expected {source['sha256'][first]}",
             "too many redirects",
@@ -99,6 +124,11 @@ def test_all_mirrors_fail_lists_every_mirror_and_reason(server, dataset, source,
         assert f"{mirror}: {reason}" in message
     assert first in message and "data.mirrors" in message
     assert list(dest.iterdir()) == []  # nothing at the final name, no staging debris
+    # the first file failed everywhere, once each (retries=0), and no other file was tried
+    once = ("missing", "error", "stall", "truncated", "corrupt")
+    assert {route: server.count(route) for route in once} == dict.fromkeys(once, 1)
+    assert server.count("loop") == REQUESTS_PER_FILE["loop"]
+    assert {path.rsplit("/", 1)[1] for path in server.requests} == {first}
 
 
 def file_sha256_of_reversed(source, name: str) -> str:
@@ -190,8 +220,7 @@ def test_custom_dataset_needs_a_mirror(dataset, tmp_path):
 def run_stage(params: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
+    return support.run(
         [
             sys.executable,
             "-m",
@@ -202,10 +231,8 @@ def run_stage(params: dict, tmp_path: Path) -> subprocess.CompletedProcess:
             str(tmp_path / "raw"),
         ],
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        env=clean_env(PYTHONPATH=str(ROOT)),
+        timeout=120,
     )
 
 
@@ -214,7 +241,7 @@ def test_stage_fetches_from_local_server(server, source, tmp_path):
         "dataset": "tiny",
         "sha256": source["sha256"],
         "mirrors": [server.url("good")],
-        "timeout_seconds": 5,
+        "timeout_seconds": TIMEOUT,
     }
     result = run_stage({"data": data, "variants": VARIANTS}, tmp_path)
     assert result.returncode == 0, result.stderr

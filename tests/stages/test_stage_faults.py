@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+import support
 import yaml
-from support import ROOT
+from support import ROOT, Lines, arg_value, clean_env, kill_group, stage_args, stage_command, stage_outs, write_prepared
 
-
-def write_prepared(path: Path, n: int = 400) -> None:
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 10, n).astype(np.int32)
-    x = rng.random((n, 28, 28, 1), dtype=np.float32)
-    np.savez(
-        path,
-        x_train=x,
-        y_train=y,
-        x_valid=x[:50],
-        y_valid=y[:50],
-        x_test=x[:50],
-        y_test=y[:50],
-        classes=np.array([str(i) for i in range(10)]),
-        dataset=np.array("tiny"),
-        source_sha256=np.array(["0" * 64] * 4),
-    )
+ITEM = {"variant": "baseline", "seed": 1}
 
 
 @pytest.fixture
@@ -41,35 +24,44 @@ def project(tmp_path: Path) -> Path:
 
 
 def make_project(directory: Path) -> Path:
-    """A stage's working directory: params.yaml with the baseline only, 60 steps, and tiny.npz."""
+    """A stage's working directory: params.yaml with the baseline only, 60 steps, and a small random
+    prepared dataset where dvc.yaml's train stage reads it."""
     directory.mkdir(exist_ok=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["variants"] = {"baseline": params["variants"]["baseline"]}
     params["train"].update(steps=60, validation_every=20, seeds=[1])
     (directory / "params.yaml").write_text(yaml.safe_dump(params))
-    write_prepared(directory / "tiny.npz")
+    write_prepared(directory / arg_value(train_args(directory), "--data"), dataset=params["data"]["dataset"])
     return directory
 
 
-def stage_env(project: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update({"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", **extra})
-    return env
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment for a stage run by hand from a project folder: the project's code importable."""
+    return clean_env(PYTHONPATH=str(ROOT), **extra)
 
 
-def train_cmd(*extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pipeline.stages.train",
-        "--variant",
-        "baseline",
-        "--seed",
-        "1",
-        "--data",
-        "tiny.npz",
-        *extra,
-    ]
+def project_params(project: Path) -> dict:
+    return yaml.safe_load((project / "params.yaml").read_text())
+
+
+def train_args(project: Path) -> list[str]:
+    """The train stage's arguments for baseline/seed-1, as dvc.yaml gives them."""
+    return stage_args("train", project_params(project), **ITEM)
+
+
+def train_cmd(project: Path) -> list[str]:
+    return stage_command("train", project_params(project), **ITEM)
+
+
+def model_dir(project: Path) -> Path:
+    """Where the train stage writes baseline/seed-1 (its one out in dvc.yaml)."""
+    (out,) = stage_outs("train", project_params(project), **ITEM)
+    return project / out
+
+
+def no_outputs(project: Path) -> bool:
+    models = model_dir(project).parent.parent
+    return not models.exists() or not any(models.rglob("*"))
 
 
 def runs(project: Path):
@@ -89,27 +81,32 @@ def edit_params(project: Path, **train: object) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_training_ends_the_run_killed_and_writes_no_outputs(project: Path, signum: int):
     edit_params(project, steps=1_000_000, validation_every=100)
-    proc = subprocess.Popen(train_cmd(), cwd=project, env=stage_env(project), stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:  # wait until training is under way
-        if "step     0/" in line:
-            break
-    time.sleep(1.0)
-    proc.send_signal(signum)
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=60) == 130
+    proc = subprocess.Popen(
+        train_cmd(project), cwd=project, env=stage_env(), stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stderr = Lines(proc.stderr)
+        stderr.wait_for("step     0/", timeout=300)  # training is under way
+        time.sleep(1.0)
+        proc.send_signal(signum)
+        rest = stderr.rest(timeout=120)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        kill_group(proc)
+        proc.stderr.close()
     assert "interrupted: no stage outputs were written" in rest
     assert "Traceback" not in rest
-    assert not (project / "models").exists() or not any((project / "models").rglob("*"))
+    assert no_outputs(project)
     (run,) = runs(project)
     assert run.info.status == "KILLED"
 
 
 def test_a_nan_loss_is_recorded_as_a_diverged_failed_run_by_default(project: Path):
     edit_params(project, learning_rate=1e12)
-    result = subprocess.run(train_cmd(), cwd=project, env=stage_env(project), capture_output=True, text=True)
+    result = support.run(train_cmd(project), cwd=project, env=stage_env(), timeout=300)
     assert result.returncode == 0, result.stderr
     assert "warning: baseline/seed-1: the training loss became NaN/inf at step" in result.stderr
-    saved = json.loads((project / "models" / "baseline" / "seed-1" / "run.json").read_text())
+    saved = json.loads((model_dir(project) / "run.json").read_text())
     assert saved["diverged_at_step"] is not None
     assert f"at step {saved['diverged_at_step']}" in result.stderr
     (run,) = runs(project)
@@ -119,11 +116,11 @@ def test_a_nan_loss_is_recorded_as_a_diverged_failed_run_by_default(project: Pat
 
 def test_a_nan_loss_fails_the_stage_when_asked(project: Path):
     edit_params(project, learning_rate=1e12, on_divergence="fail")
-    result = subprocess.run(train_cmd(), cwd=project, env=stage_env(project), capture_output=True, text=True)
+    result = support.run(train_cmd(project), cwd=project, env=stage_env(), timeout=300)
     assert result.returncode == 2
     assert "error: baseline/seed-1: the training loss became NaN/inf at step" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (project / "models").exists() or not any((project / "models").rglob("*"))
+    assert no_outputs(project)
     (run,) = runs(project)
     assert run.info.status == "FAILED"
 
@@ -132,28 +129,28 @@ def test_a_tracking_server_that_is_down_is_reported_before_training(project: Pat
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = stage_env(project, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+    env = stage_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
     started = time.monotonic()
-    result = subprocess.run(train_cmd(), cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    result = support.run(train_cmd(project), cwd=project, env=env, timeout=120)
     assert result.returncode == 2
     assert f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}" in result.stderr
     assert "step " not in result.stderr  # no training happened
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 60
-    assert not (project / "models").exists()
+    assert not model_dir(project).parent.parent.exists()
 
 
 def test_credentials_in_the_environment_are_never_logged(project: Path):
     secret = "s3cr3t-do-not-log-4242"
-    env = stage_env(project, MLFLOW_TRACKING_PASSWORD=secret, MLFLOW_TRACKING_USERNAME="alice")
-    result = subprocess.run(train_cmd(), cwd=project, env=env, capture_output=True, text=True)
+    env = stage_env(MLFLOW_TRACKING_PASSWORD=secret, MLFLOW_TRACKING_USERNAME="alice")
+    result = support.run(train_cmd(project), cwd=project, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     (run,) = runs(project)
     assert run.info.status == "FINISHED"
     logged = [*run.data.params.items(), *run.data.tags.items()]
     assert not [kv for kv in logged if secret in kv[0] or secret in kv[1]]
     assert secret.encode() not in (project / "mlflow.db").read_bytes()
-    assert (project / "models" / "baseline" / "seed-1" / "model.keras").exists()
+    assert (model_dir(project) / "model.keras").exists()
 
 
 def test_an_mlflow_failure_during_training_keeps_the_model_and_its_metrics(project: Path, monkeypatch):
@@ -169,9 +166,10 @@ def test_an_mlflow_failure_during_training_keeps_the_model_and_its_metrics(proje
         raise ConnectionError("tracking server went away")
 
     monkeypatch.setattr(tracking, "log_steps", broken)
-    with pytest.raises(TrackingError, match="saved in models/baseline/seed-1, but logging to MLflow failed"):
-        train_stage.main(["--variant", "baseline", "--seed", "1", "--data", "tiny.npz"])
-    saved = project / "models" / "baseline" / "seed-1"
+    saved = model_dir(project)
+    message = f"saved in {saved.relative_to(project)}, but logging to MLflow failed"
+    with pytest.raises(TrackingError, match=re.escape(message)):
+        train_stage.main(train_args(project))
     assert (saved / "model.keras").stat().st_size > 0
     assert len((saved / "history.csv").read_text().splitlines()) == 61  # header + 60 steps
     (run,) = runs(project)
@@ -196,7 +194,7 @@ def test_a_flaky_tracking_store_loses_no_steps(project: Path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tracking, "log_steps", flaky)
-    train_stage.main(["--variant", "baseline", "--seed", "1", "--data", "tiny.npz"])
+    train_stage.main(train_args(project))
     (run,) = runs(project)
     assert run.info.status == "FINISHED"
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")

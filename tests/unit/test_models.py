@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import yaml
+from support import ROOT
 
 from pipeline.config import load_params, parse_params
 from pipeline.errors import ConfigError
@@ -18,6 +17,7 @@ from pipeline.models import (
     flops_per_image,
     summarize_layers,
     trainable_params,
+    upsampling_layer_names,
 )
 
 SHAPE = (28, 28, 1)
@@ -25,7 +25,7 @@ SHAPE = (28, 28, 1)
 
 @pytest.fixture(scope="module")
 def shipped():
-    return load_params("params.yaml")
+    return load_params(ROOT / "params.yaml")
 
 
 def variant(*layers):
@@ -98,11 +98,36 @@ def test_summary_line(shipped):
     )
 
 
+def test_a_variant_with_every_layer_type_builds_as_described():
+    spec = variant(
+        {"type": "conv", "filters": 4, "kernel_size": 3, "padding": "valid"},  # 28 -> 26
+        {"type": "batch_norm"},
+        {"type": "max_pool"},  # 26 -> 13
+        {"type": "conv_transpose", "filters": 3, "kernel_size": 3, "strides": 2},  # 13 -> 26
+        {"type": "avg_pool", "pool_size": 2},  # 26 -> 13
+        {"type": "upsample", "size": 2},  # 13 -> 26
+        {"type": "dropout", "rate": 0.2},
+        *HEAD,
+    )
+    infos = describe(spec, SHAPE, 10)
+    model = build_model(spec, SHAPE, 10, seed=1)
+    assert [layer.name for layer in model.layers[1:]] == [f"{i.index}_{i.type}" for i in infos]
+    assert [tuple(layer.output.shape[1:]) for layer in model.layers[1:]] == [i.output_shape for i in infos]
+    assert infos[4].output_shape == (13, 13, 3)
+    assert model.count_params() == sum(i.params for i in infos)
+    assert trainable_params(infos, spec) == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert summarize_layers(spec) == (
+        "conv4k3s1 > batch_norm > max_pool > conv_transpose3k3s2 > avg_pool > upsample2n > dropout0.2 > flatten"
+        " > dense10"
+    )
+    assert upsampling_layer_names(spec) == ["3_conv_transpose", "5_upsample", "6_dropout"]
+
+
 @pytest.mark.parametrize(
     ("layers", "message"),
     [
         ([{"type": "dense", "units": 10, "activation": None}], "layer 0 (dense): dense needs a flat input"),
-        ([{"type": "flatten"}, {"type": "conv", "filters": 3}, *HEAD], "layer 1 (conv) needs an image input"),
+        ([{"type": "flatten"}, {"type": "conv", "filters": 3}, *HEAD], "layer 1 (conv): conv needs an image input"),
         ([{"type": "conv", "filters": 3, "kernel_size": 29, "padding": "valid"}, *HEAD], "too small for kernel 29"),
         ([{"type": "flatten"}, {"type": "dense", "units": 7, "activation": None}], "the last layer must be"),
         ([{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}], "the last layer must be"),
@@ -133,7 +158,7 @@ def test_tutorial_initialisation():
 
 
 def test_shipped_params_file_is_valid_yaml_with_the_contract_keys():
-    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for key in ("dataset", "mirrors", "validation_size"):
         assert key in raw["data"]
     for key in ("batch_size", "steps", "learning_rate", "seeds"):

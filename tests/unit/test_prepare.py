@@ -1,23 +1,13 @@
-"""prepare_arrays and the prepare stage on generated raw files."""
+"""prepare_arrays on generated raw files: shapes, scaling, a seeded disjoint split."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-import yaml
 from idx_server import make_idx_dataset
-from support import ROOT as REPO
 
-from pipeline.datasets import IDX_FILES, file_sha256
 from pipeline.errors import ConfigError
 from pipeline.preparation import prepare_arrays
-
-VARIANTS = {"baseline": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": None}]}}
 
 
 @pytest.fixture
@@ -90,45 +80,3 @@ def test_zero_validation_size(raw):
 def test_validation_size_must_leave_training_rows(raw, size):
     with pytest.raises(ConfigError, match=rf"data.validation_size \({size}\).*smaller than the 50 training"):
         split(raw, validation_size=size)
-
-
-def run_prepare(tmp_path: Path, data: dict) -> subprocess.CompletedProcess:
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump({"data": data, "variants": VARIANTS}))
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.stages.prepare", "--params", str(params_file)]
-        + ["--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "prepared")],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def test_stage_writes_loadable_npz(raw, tmp_path):
-    data = {"dataset": "tiny", "sha256": raw["sha256"], "validation_size": 12, "split_seed": 5}
-    result = run_prepare(tmp_path, data)
-    assert result.returncode == 0, result.stderr
-    assert "train 38, valid 12, test 20" in result.stdout
-    out = tmp_path / "prepared" / "tiny.npz"
-    assert [p.name for p in out.parent.iterdir()] == ["tiny.npz"]  # no temp file left
-    with np.load(out, allow_pickle=False) as npz:
-        got = {key: npz[key] for key in npz.files}
-    expected = split(raw, validation_size=12, seed=5)
-    for key, value in expected.items():
-        assert got[key].dtype == value.dtype
-        np.testing.assert_array_equal(got[key], value)
-    assert got["classes"].tolist() == [str(i) for i in range(10)]
-    assert got["dataset"].shape == () and str(got["dataset"]) == "tiny"
-    directory = raw["directory"]
-    assert got["source_sha256"].tolist() == [file_sha256(directory / n) for n in IDX_FILES.values()]
-
-
-def test_stage_reports_missing_raw_files(tmp_path):
-    sha = {name: "a" * 64 for name in IDX_FILES.values()}
-    result = run_prepare(tmp_path, {"dataset": "tiny", "sha256": sha})
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and "file not found (run the fetch stage first)" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "prepared" / "tiny.npz").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from support import ROOT
 
 from pipeline.config import load_params
 from pipeline.models import upsampling_layer_names
@@ -45,7 +46,7 @@ def test_rolling_mean_smooths_within_each_variant():
 
 
 def test_upsampling_layers_of_the_shipped_variants():
-    variants = load_params("params.yaml").variants
+    variants = load_params(ROOT / "params.yaml").variants
     assert upsampling_layer_names(variants["baseline"]) == []
     assert upsampling_layer_names(variants["transposed"]) == ["1_conv_transpose"]
     assert upsampling_layer_names(variants["transposed_deep"]) == ["2_conv_transpose", "3_conv_transpose"]

@@ -1,4 +1,5 @@
-"""Where runs land and how they are named: no MLflow server needed."""
+"""Where runs land and how they are named: in-process, no MLflow server, no git (tests/stages has
+the git commit tag against real repos)."""
 
 from __future__ import annotations
 
@@ -42,8 +43,11 @@ def test_run_names_and_tags(monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-3")
     monkeypatch.setenv("DVC_STAGE", "train@transposed-2")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2")
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setattr(tracking, "git_commit", lambda cwd=None: sha)  # the real one: tests/stages
     tags = tracking.run_tags(variant="transposed", seed=2, stage="x", dataset="mnist", dataset_sha256="ab")
     assert tracking.run_name("transposed", 2) == "transposed/seed-2"
+    assert tags["git.commit"] == tags["mlflow.source.git.commit"] == sha
     assert tags["dvc.experiment"] == "lr-sweep-3"
     assert tags["dvc.stage"] == "train@transposed-2"
     assert tags["variant"] == "transposed" and tags["seed"] == "2" and tags["dataset.sha256"] == "ab"

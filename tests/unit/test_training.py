@@ -8,6 +8,7 @@ import pytest
 from pipeline.config import TrainConfig, parse_params
 from pipeline.models import build_model
 from pipeline.training import (
+    VALIDATION_BATCH_SIZE,
     Trainer,
     batch_order,
     cross_entropy_and_accuracy,
@@ -95,13 +96,38 @@ def test_a_loss_that_becomes_nan_stops_training_and_says_at_which_step():
     assert np.all(np.isfinite(result.loss[:step]))
 
 
-def test_early_stopping_restores_the_best_weights():
-    config = TrainConfig(steps=200, validation_every=10, learning_rate=1e-9, early_stopping_patience=2)
-    trainer, result = run(config)
-    # a learning rate of 1e-9 changes nothing: no validation beats the first, so it stops after two more
-    assert result.val_steps == [0, 10, 20]
-    assert result.stopped_early_at == 20
-    assert result.steps_done == 21
+def test_early_stopping_restores_the_weights_of_the_best_validation():
+    config = TrainConfig(steps=400, validation_every=10, initializer="keras", early_stopping_patience=2)
+    x, y = easy_data(400)
+    seed_everything(1)
+    model = build_model(SPEC, (28, 28, 1), 10, initializer="keras", seed=1)
+    trainer = Trainer(model, config, x, y)
+    weights_at: dict[int, list[np.ndarray]] = {}  # validation step -> the weights it validated
+
+    def record(result):  # called after each chunk; every chunk but a last short one ends in a validation
+        if result.val_steps and result.val_steps[-1] not in weights_at:
+            weights_at[result.val_steps[-1]] = [np.array(w) for w in model.get_weights()]
+
+    result = train(trainer, x[:100], y[:100], seed=1, on_chunk=record)
+
+    # it learns, then stops two validations after the best (the first to reach the highest accuracy)
+    best = int(np.argmax(result.val_accuracy))
+    assert best > 0 and result.val_accuracy[best] > 0.5
+    assert result.stopped_early_at == result.val_steps[-1] < config.steps - 1
+    assert len(result.val_steps) - 1 - best == config.early_stopping_patience
+    assert result.steps_done == result.stopped_early_at + 1
+    assert set(weights_at) == set(result.val_steps)
+    # the model ends with the weights of the best validation, not those it stopped with
+    final = model.get_weights()
+    for restored, at_best in zip(final, weights_at[result.val_steps[best]], strict=True):
+        np.testing.assert_array_equal(restored, at_best)
+    last = weights_at[result.val_steps[-1]]
+    assert any(not np.array_equal(restored, at_last) for restored, at_last in zip(final, last, strict=True))
+    # and validating it again gives the best validation's numbers
+    assert trainer.evaluate(x[:100], y[:100], VALIDATION_BATCH_SIZE) == (
+        result.val_loss[best],
+        result.val_accuracy[best],
+    )
 
 
 def test_cross_entropy_by_hand():

@@ -1,0 +1,105 @@
+"""What every stage module calls: `run_stage(main)`, and `stage_peak_memory_mb()` for its records.
+
+Both mean the same whether the stage runs in its own process or in a fork of the stage worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import UserError
+
+# the resident set (KiB) when the stage's main began; None until run_stage marks it
+_start_rss_kib: int | None = None
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) kept off the terminal.
+
+    TF_CPP_MIN_LOG_LEVEL does not reach messages logged before absl is initialised, so stderr is
+    pointed at /dev/null for the import alone; Python errors still propagate.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def run_stage(
+    main: Callable[[list[str] | None], None], argv: list[str] | None = None, *, tensorflow: bool = True
+) -> None:
+    """Run a stage's main; turn user errors, Ctrl-C and SIGTERM into a message and a non-zero exit.
+
+    This runs the stage in this process. DVC starts stages through `python -m pipeline <stage>`
+    (pipeline/runtime/launcher.py), which hands them to the warm stage worker when one can be had.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C must stop a stage even when it was started from a shell that ignores SIGINT (a
+    # background job, some CI runners): Python keeps such an inherited SIG_IGN otherwise
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        if tensorflow:
+            _import_tensorflow_quietly()
+        mark_stage_start()
+        main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted: no stage outputs were written", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def mark_stage_start() -> None:
+    """Take what the process holds now (interpreter and imported libraries) as the stage's zero:
+    reset the kernel's peak resident set (Linux: /proc/self/clear_refs, value 5) and note the
+    resident set. run_stage calls it just before the stage's main."""
+    global _start_rss_kib
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        _start_rss_kib = _proc_status_kib("VmRSS")
+    except OSError:  # no /proc (macOS): stage_peak_memory_mb falls back to the process's peak
+        _start_rss_kib = None
+
+
+def stage_peak_memory_mb() -> float:
+    """Peak memory the stage itself added, in MiB: the highest resident set since the stage's main
+    began (mark_stage_start) minus the resident set at that moment.
+
+    The process's own peak (ru_maxrss) would depend on how the stage ran: in a fork of the stage
+    worker it counts the worker's preloaded libraries, in its own process only those the stage
+    imported. This excludes both and counts what the stage's work allocated and touched, so it is
+    the same in both modes. Where the peak cannot be reset (no /proc, or run_stage never ran), it
+    is the process's peak resident set.
+    """
+    if _start_rss_kib is not None:
+        with contextlib.suppress(OSError):
+            return max(_proc_status_kib("VmHWM") - _start_rss_kib, 0) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")

@@ -1,0 +1,42 @@
+"""A bad params.yaml stops a stage process with exit code 2 and a message naming the key, no traceback."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import yaml
+from support import ROOT
+
+SHIPPED = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def fetch_with(raw: dict, tmp_path) -> subprocess.CompletedProcess:
+    """Run the fetch stage (the first one) on a params file holding `raw`."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "pipeline.stages.fetch", "--params", str(tmp_path / "params.yaml")]
+    return subprocess.run(
+        [*command, "--out", str(tmp_path / "raw")], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_stage_reports_a_bad_param_without_a_traceback(tmp_path):
+    raw = copy.deepcopy(SHIPPED)
+    raw["train"]["stepz"] = 3
+    result = fetch_with(raw, tmp_path)
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "train.stepz: unknown key" in result.stderr
+    assert "did you mean 'steps'?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_variant_whose_shapes_cannot_work_is_rejected_before_any_download(tmp_path):
+    raw = copy.deepcopy(SHIPPED)
+    raw["variants"]["transposed"]["layers"].insert(2, {"type": "dense", "units": 8})  # before flatten
+    result = fetch_with(raw, tmp_path)
+    assert result.returncode == 2
+    assert "error: variants.transposed: layer 2 (dense): dense needs a flat input" in result.stderr
+    assert "add {type: flatten} before it" in result.stderr
+    assert not (tmp_path / "raw").exists()
