@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.worker import stop_workers
+from pipeline.runtime.worker import stop_workers
 
 CHILD_LINE = re.compile(r"child \d+: pipeline\.stages\.(\w+) exit (\d+) after ([\d.]+)s, peak RSS ([\d,]+) MB")
 

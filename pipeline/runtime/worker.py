@@ -26,10 +26,10 @@ The launcher's side:
 - Ctrl-C, SIGTERM and SIGHUP are forwarded to the child. A second one kills the child (SIGKILL)
   and exits 130; so does a child still running PIPELINE_WORKER_KILL_AFTER_SECONDS (10) after the
   first (a stage stuck in native code that ignores signals must not hang `dvc repro`).
-- No wait is unbounded: the worker must answer within
-  PIPELINE_WORKER_HANDSHAKE_SECONDS (30), and the launcher watches
-  the child's pid (pidfd) as well as its socket, so a child that died, even one whose socket a
-  grandchild still holds, fails the stage with a message naming its pid.
+- No wait is unbounded: the worker must answer within PIPELINE_WORKER_HANDSHAKE_SECONDS (30), else
+  the stage runs in the launcher; and the launcher watches the child's pid (pidfd) as well as its
+  socket, so a child that died, even one whose socket a grandchild still holds, fails the stage
+  with a message naming its pid.
 - When the launcher dies (kill -9), the child sees its socket close and stops as if it got SIGTERM.
 
 The worker is started on first use, keyed by the interpreter, the installed packages, this file
@@ -327,8 +327,6 @@ def _private_dir() -> Path:
 
 
 def _connect_or_start() -> socket.socket:
-    from filelock import FileLock
-
     directory = _private_dir()
     key = worker_key()
     path = directory / f"{key}.sock"
@@ -336,6 +334,8 @@ def _connect_or_start() -> socket.socket:
         return _connect(path)
     except OSError:
         pass
+    from filelock import FileLock  # 20 ms: only to start a worker
+
     with FileLock(directory / f"{key}.lock", timeout=START_TIMEOUT_SECONDS):
         try:
             return _connect(path)  # another stage started it meanwhile
@@ -373,6 +373,7 @@ def serve(path: str) -> None:
     os.environ[name] = f"{os.environ[name]},{setting}" if os.environ.get(name) else setting
     preload = os.environ.get("PIPELINE_WORKER_PRELOAD")
     exit_handlers = _import_recording_exit_handlers(preload.split(",") if preload is not None else PRELOAD)
+    thread_pools = _thread_pools()
     with contextlib.suppress(Exception):  # a private cache: 0.5 s of every mlflow.keras.log_model otherwise
         if "mlflow" in sys.modules:
             from mlflow.utils import requirements_utils
@@ -410,10 +411,15 @@ def serve(path: str) -> None:
             continue
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of memory or processes: the launcher runs the stage itself
+            print(f"{time.strftime('%F %T')} worker {os.getpid()} cannot fork: {exc}", flush=True)
+            conn.close()
+            continue
         if pid == 0:
             listener.close()
-            _child(conn, exit_handlers)  # never returns
+            _child(conn, exit_handlers, thread_pools)  # never returns
         conn.close()
     listener.close()
     if socket_path.exists() and socket_path.stat().st_ino == inode:
@@ -481,18 +487,25 @@ def _keep_exit_handlers(handlers: list[tuple]) -> None:
         weakref.finalize._registered_with_atexit = False  # the child's first finalizer registers anew
 
 
-def _use_requested_threads(cpus: list[int] | None) -> None:
+def _thread_pools() -> list:
+    """The BLAS/OpenMP libraries loaded now, as threadpoolctl controls them (none without it: BLAS
+    in a stage run by the worker then keeps the one thread it was imported with)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return []
+    return ThreadpoolController().lib_controllers
+
+
+def _use_requested_threads(cpus: list[int] | None, thread_pools: list) -> None:
     """In a child, after the launcher's environment is in place: the CPUs and BLAS/OpenMP thread
-    counts a process of its own would have (the worker imported those libraries single-threaded)."""
+    counts a process of its own would have (the worker imported those libraries single-threaded;
+    libraries the stage loads itself read the launcher's environment)."""
     if cpus:
         with contextlib.suppress(AttributeError, OSError, ValueError):
             os.sched_setaffinity(0, cpus)
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # without it, BLAS in a stage run by the worker keeps one thread
-        return
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    for library in ThreadpoolController().lib_controllers:
+    for library in thread_pools:
         wanted = available
         for name in THREAD_COUNT_ENV.get(library.internal_api, ()):
             value = os.environ.get(name, "").split(",")[0].strip()
@@ -503,7 +516,7 @@ def _use_requested_threads(cpus: list[int] | None) -> None:
             library.set_num_threads(min(wanted, available))
 
 
-def _child(conn: socket.socket, exit_handlers: list[tuple]) -> None:
+def _child(conn: socket.socket, exit_handlers: list[tuple], thread_pools: list) -> None:
     code, started, module = 1, time.monotonic(), "?"
     log = os.dup(1)  # the worker's log, before the client's stdout takes fd 1
     try:
@@ -527,7 +540,7 @@ def _child(conn: socket.socket, exit_handlers: list[tuple]) -> None:
         os.environ.update(request["env"])
         sys.path[:] = request["path"]
         sys.argv[:] = request["argv"]
-        _use_requested_threads(request.get("cpus"))
+        _use_requested_threads(request.get("cpus"), thread_pools)
         package = __name__.split(".")[0]
         for name in [m for m in sys.modules if m == package or m.startswith(f"{package}.")]:
             del sys.modules[name]  # this project's code is imported afresh from the stage's checkout

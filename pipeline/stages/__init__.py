@@ -1,3 +1,2 @@
-"""Thin command-line entry points, one per DVC stage."""
-
-from pipeline.runtime.stage import run_stage  # noqa: F401  (re-exported until the stages import it from there)
+"""Thin command-line entry points, one per DVC stage: each parses its arguments, calls the domain
+modules and writes its outputs. They run through pipeline.runtime (launcher, worker, run_stage)."""

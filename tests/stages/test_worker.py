@@ -94,7 +94,8 @@ def test_a_stage_run_by_the_worker_matches_one_run_in_process(project: Path, tmp
     assert f"pipeline.stages.train in {project}" in log
     for name in ("history.csv", "spec.json"):
         assert (model_dir(project) / name).read_text() == (model_dir(in_process) / name).read_text()
-    # the stage's own peak memory, not the worker's preloaded libraries: close to the in-process one
+    # the stage's own peak memory, without the worker's preloaded libraries: close to the in-process
+    # one, which also counts the modules the stage imports lazily (MLflow's store, about 40 MB here)
     peaks = [json.loads((model_dir(p) / "run.json").read_text())["peak_memory_mb"] for p in (project, in_process)]
     assert abs(peaks[0] - peaks[1]) < 0.25 * peaks[1] + 20, peaks
     (tracked,) = runs(project)
