@@ -25,6 +25,9 @@ class Variant(Strict):
 # --- sections --------------------------------------------------------------------------
 
 
+Scaling = Literal["centered", "unit"]
+
+
 class DataConfig(Strict):
     dataset: str = "mnist"
     mirrors: list[str] = Field(default_factory=list)
@@ -32,6 +35,9 @@ class DataConfig(Strict):
     validation_size: Annotated[int, Field(ge=0)] = 5000
     split_seed: int = 0
     timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # pixels k = 0..255 to (k - 127.5) / 255 in [-0.5, 0.5] ("centered", the Udacity notebooks the
+    # tutorial builds on) or to k / 255 in [0, 1] ("unit")
+    scaling: Scaling = "centered"
 
 
 class TrainConfig(Strict):

@@ -24,62 +24,100 @@ def _zero_if_nan(value: float) -> float:
     return 0.0 if value is None or math.isnan(value) else float(value)
 
 
-def accuracy_vs_time_figure(summary: pd.DataFrame) -> Figure:
-    """Each variant as a labelled point: mean training time (± sd) against mean test accuracy (t CI)."""
-    fig = Figure(figsize=(8, 5.5), layout="constrained")
+DIED_MARKER = "x"
+
+
+def accuracy_vs_time_figure(summary: pd.DataFrame, runs: pd.DataFrame, trained: Sequence[bool]) -> Figure:
+    """Every run as a small dot (training time, test accuracy), runs that did not train as crosses,
+    and each variant's mean with its bootstrap interval on top; the accuracy axis is 0-100%.
+
+    ``trained`` flags each row of ``runs`` (statistics.trained).
+    """
+    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
     ax = fig.add_subplot()
+    trained = np.asarray(trained, dtype=bool)
     for i, row in enumerate(summary.itertuples(index=False)):
-        x = row.train_seconds_mean
-        y = row.test_accuracy_mean * 100
-        below = _zero_if_nan(y - row.test_accuracy_ci_low * 100)
-        above = _zero_if_nan(row.test_accuracy_ci_high * 100 - y)
+        mine = (runs["variant"] == row.variant).to_numpy()
+        x = runs.loc[mine, "train_seconds"].to_numpy(dtype=float)
+        y = runs.loc[mine, "test_accuracy"].to_numpy(dtype=float) * 100
+        ok = trained[mine]
+        ax.scatter(x[ok], y[ok], s=18, color=_color(i), alpha=0.45, linewidths=0, zorder=2)
+        ax.scatter(x[~ok], y[~ok], s=36, color=_color(i), marker=DIED_MARKER, linewidths=1.4, zorder=2)
+        mean = row.test_accuracy_mean * 100
+        below = _zero_if_nan(mean - row.test_accuracy_ci_low * 100)
+        above = _zero_if_nan(row.test_accuracy_ci_high * 100 - mean)
         ax.errorbar(
-            x,
-            y,
+            row.train_seconds_mean,
+            mean,
             xerr=_zero_if_nan(row.train_seconds_std),
             yerr=[[below], [above]],
-            fmt="o",
-            markersize=7,
+            fmt="D",
+            markersize=8,
+            markeredgecolor="black",
             capsize=4,
             color=_color(i),
-            label=f"{row.variant} (n={row.n_seeds})",
+            zorder=3,
+            label=f"{row.variant}: {row.trained_runs}/{row.n_seeds} trained",
         )
-        ax.annotate(
-            row.variant,
-            (x, y),
-            xytext=(7, 7),
-            textcoords="offset points",
-            fontsize=9,
-            color=_color(i),
-        )
-    ax.set_xlabel("training time per run (s), mean ± sd over seeds")
-    ax.set_ylabel("test accuracy (%), mean with 95% CI")
-    ax.set_title("Test accuracy vs training time")
+    ax.scatter([], [], marker=DIED_MARKER, color="grey", label="a run that did not train")
+    ax.scatter([], [], s=18, color="grey", alpha=0.45, label="a run that trained")
+    ax.set_xlabel("training time per run (s); diamond: mean ± sd over seeds")
+    ax.set_ylabel("test accuracy (%); diamond: mean with 95% bootstrap CI")
+    ax.set_ylim(0, 100)
+    ax.set_title("Test accuracy vs training time, every run")
     ax.grid(True, alpha=0.3)
-    ax.margins(x=0.15, y=0.15)
-    if len(summary):
-        ax.legend(loc="best", fontsize=9)
+    ax.margins(x=0.1)
+    ax.legend(loc="lower right", fontsize=8)
     return fig
 
 
-def learning_curves_figure(curves: pd.DataFrame, metric_label: str) -> Figure:
-    """One line per variant (mean over seeds) with a shaded mean ± sd band, against training step."""
-    fig = Figure(figsize=(8, 5), layout="constrained")
+def learning_curves_figure(
+    runs: pd.DataFrame, trained: Mapping[tuple[str, int], bool], metric_label: str, *, percent: bool = False
+) -> Figure:
+    """Every run as a thin line and each variant's mean over its runs that trained as a thick one,
+    against the training step. Runs that did not train are dashed; the y axis is set by the runs that
+    trained, so a run that diverged (a loss of 1e21) is clipped at the top edge, marked with a triangle,
+    instead of flattening every other curve.
+
+    ``runs``: long form with columns variant, seed, step, value; ``trained`` flags each (variant, seed).
+    """
+    fig = Figure(figsize=(8.5, 5), layout="constrained")
     ax = fig.add_subplot()
-    for i, (variant, group) in enumerate(curves.groupby("variant", sort=False)):
-        group = group.sort_values("step")
-        step = group["step"].to_numpy(dtype=float)
-        mean = group["mean"].to_numpy(dtype=float)
-        std = np.nan_to_num(group["std"].to_numpy(dtype=float))
-        n_max = int(group["n"].max()) if "n" in group and len(group) else 0
-        ax.plot(step, mean, color=_color(i), linewidth=1.6, label=f"{variant} (n={n_max})")
-        ax.fill_between(step, mean - std, mean + std, color=_color(i), alpha=0.2, linewidth=0)
+    scale = 100.0 if percent else 1.0
+    good = runs[[trained.get((v, s), True) for v, s in zip(runs["variant"], runs["seed"], strict=True)]]
+    finite = good["value"].to_numpy(dtype=float) * scale
+    finite = finite[np.isfinite(finite)]
+    top = 100.0 if percent else (float(np.nanmax(finite)) * 1.05 if finite.size else 1.0)
+    for i, (variant, group) in enumerate(runs.groupby("variant", sort=False)):
+        color = _color(i)
+        seeds = list(dict.fromkeys(group["seed"]))
+        died = [s for s in seeds if not trained.get((variant, s), True)]
+        for seed, curve in group.groupby("seed", sort=False):
+            curve = curve.sort_values("step")
+            step = curve["step"].to_numpy(dtype=float)
+            value = curve["value"].to_numpy(dtype=float) * scale
+            if seed in died:
+                over = ~np.isfinite(value) | (value > top)
+                ax.plot(step, np.where(over, top, value), color=color, linewidth=0.9, linestyle="--", alpha=0.8)
+                if over.any():
+                    first = int(np.argmax(over))
+                    ax.plot(step[first], top, marker="^", color=color, markersize=8, clip_on=False, zorder=4)
+            else:
+                ax.plot(step, value, color=color, linewidth=0.6, alpha=0.35)
+        mine = good[good["variant"] == variant]
+        if len(mine):
+            mean = mine.groupby("step")["value"].mean() * scale
+            label = f"{variant}: mean of {len(seeds) - len(died)} trained" + (
+                f", {len(died)} did not train (dashed)" if died else ""
+            )
+            ax.plot(mean.index, mean.to_numpy(), color=color, linewidth=2.0, label=label)
+    ax.set_ylim(0, top)
     ax.set_xlabel("training step (batches)")
     ax.set_ylabel(metric_label)
-    ax.set_title(f"{metric_label} during training (mean ± sd over seeds)")
+    ax.set_title(f"{metric_label}: every run (thin), mean of the runs that trained (thick); ▲ clipped")
     ax.grid(True, alpha=0.3)
-    if len(curves):
-        ax.legend(loc="best", fontsize=9)
+    if len(runs):
+        ax.legend(loc="best", fontsize=8)
     return fig
 
 

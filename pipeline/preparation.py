@@ -15,11 +15,22 @@ if TYPE_CHECKING:
     from pipeline.datasets import Dataset
 
 
-def _images(images: np.ndarray, name: str) -> np.ndarray:
+def scale_pixels(images: np.ndarray, scaling: str) -> np.ndarray:
+    """uint8 pixels k to float32: (k - 127.5) / 255 in [-0.5, 0.5] ("centered", as the Udacity
+    notebooks the tutorial builds on) or k / 255 in [0, 1] ("unit")."""
+    pixels = images.astype(np.float32)
+    if scaling == "centered":
+        return (pixels - np.float32(127.5)) / np.float32(255.0)
+    if scaling == "unit":
+        return pixels / np.float32(255.0)
+    raise ConfigError(f"data.scaling must be 'centered' or 'unit', got {scaling!r}")
+
+
+def _images(images: np.ndarray, name: str, scaling: str) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"{name}: expected uint8 images N x H x W, got {images.dtype} {images.shape}")
-    return (images.astype(np.float32) / np.float32(255.0))[..., np.newaxis]
+    return scale_pixels(images, scaling)[..., np.newaxis]
 
 
 def _labels(labels: np.ndarray, images: np.ndarray, name: str) -> np.ndarray:
@@ -37,9 +48,10 @@ def prepare_arrays(
     *,
     validation_size: int,
     seed: int,
+    scaling: str,
 ) -> dict[str, np.ndarray]:
-    """Scale images to float32 in [0, 1] shaped N x H x W x 1, labels to int32, and hold out a
-    seeded random validation_size rows of the training set as the validation split.
+    """Scale images to float32 (see scale_pixels) shaped N x H x W x 1, labels to int32, and hold
+    out a seeded random validation_size rows of the training set as the validation split.
 
     Rows keep their original order within each split; only membership depends on the seed.
     """
@@ -48,9 +60,9 @@ def prepare_arrays(
         raise ConfigError(
             f"data.validation_size ({validation_size}) must be at least 0 and smaller than the {n} training images"
         )
-    x_train_all = _images(train_images, "train_images")
+    x_train_all = _images(train_images, "train_images", scaling)
     y_train_all = _labels(train_labels, train_images, "train_labels")
-    x_test = _images(test_images, "test_images")
+    x_test = _images(test_images, "test_images", scaling)
     y_test = _labels(test_labels, test_images, "test_labels")
     if x_test.shape[1:] != x_train_all.shape[1:]:
         raise DataError(f"test images are {x_test.shape[1:3]}, training images {x_train_all.shape[1:3]}")
@@ -75,10 +87,13 @@ def prepare(
 ) -> Prepared:
     """The prepared splits of a dataset from its four raw arrays (train images and labels, test
     images and labels), as configured by the data section of params.yaml."""
-    arrays = prepare_arrays(*raw, validation_size=config.validation_size, seed=config.split_seed)
+    arrays = prepare_arrays(
+        *raw, validation_size=config.validation_size, seed=config.split_seed, scaling=config.scaling
+    )
     return Prepared(
         **arrays,
         classes=class_names(dataset, raw[1], raw[3]),
         dataset=dataset.name,
         source_sha256=tuple(source_sha256),
+        scaling=config.scaling,
     )

@@ -1,7 +1,7 @@
 """The prepared-data format: what the prepare stage writes and every later stage reads.
 
 A folder with one NumPy .npy file per array (x_train, y_train, x_valid, y_valid, x_test, y_test)
-and meta.json (dataset, classes, the raw files' SHA-256). Saved atomically (the folder appears
+and meta.json (dataset, classes, the raw files' SHA-256, the pixel scaling). Saved atomically (the folder appears
 whole or not at all); loaded memory-mapped with np.load(mmap_mode="r"), so a stage reads only the
 pages it uses straight from the page cache (evaluate: the test split), and no pickle is allowed.
 """
@@ -34,6 +34,7 @@ class Prepared:
     classes: tuple[str, ...]
     dataset: str
     source_sha256: tuple[str, ...]
+    scaling: str  # data.scaling the pixels were scaled with: "centered" or "unit"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -49,7 +50,12 @@ def save(directory: Path, data: Prepared) -> None:
     with atomic_dir(Path(directory)) as scratch:
         for name in ARRAYS:
             np.save(scratch / f"{name}.npy", np.ascontiguousarray(getattr(data, name)), allow_pickle=False)
-        meta = {"dataset": data.dataset, "classes": list(data.classes), "source_sha256": list(data.source_sha256)}
+        meta = {
+            "dataset": data.dataset,
+            "classes": list(data.classes),
+            "source_sha256": list(data.source_sha256),
+            "scaling": data.scaling,
+        }
         (scratch / META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -74,6 +80,7 @@ def load(directory: Path) -> Prepared:
             classes=tuple(str(c) for c in meta["classes"]),
             dataset=str(meta["dataset"]),
             source_sha256=tuple(str(s) for s in meta["source_sha256"]),
+            scaling=str(meta["scaling"]),
         )
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise DataError(f"{directory} is not a prepared dataset ({exc}): rerun `dvc repro prepare`") from None

@@ -7,15 +7,14 @@ files and writes the CSV/Markdown these functions return.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from pipeline import statistics
 from pipeline.errors import DataError
 from pipeline.paths import run_name
 
@@ -47,16 +46,34 @@ _STR_COLUMNS = ["variant", "run_id"]
 SUMMARY_COLUMNS = [
     "variant",
     "n_seeds",
+    # reliability: how many runs trained (test accuracy at least 1.5x chance), Wilson interval
+    "trained_runs",
+    "trained_share",
+    "trained_share_ci_low",
+    "trained_share_ci_high",
+    # accuracy over every run: mean, sd and a percentile bootstrap interval (inside the data's range)
     "test_accuracy_mean",
     "test_accuracy_std",
     "test_accuracy_ci_low",
     "test_accuracy_ci_high",
+    # against the baseline, paired by seed: bootstrap interval, exact sign-flip test (primary),
+    # paired t-test (beside it), Holm-adjusted primary p-value (the verdict's)
     "n_paired_seeds",
     "diff_vs_baseline_mean",
     "diff_ci_low",
     "diff_ci_high",
     "p_value",
+    "p_value_ttest",
+    "p_value_adjusted",
     "significant",
+    "smallest_possible_p_value",
+    "min_detectable_diff",
+    # the same among seeds where both runs trained: conditional on training
+    "trained_pairs",
+    "trained_diff_mean",
+    "trained_diff_ci_low",
+    "trained_diff_ci_high",
+    "trained_p_value_adjusted",
     "verdict",
     "train_seconds_mean",
     "train_seconds_std",
@@ -134,95 +151,115 @@ def runs_table(records: Iterable[Mapping], variant_order: Sequence[str] | None =
 # --- summary -------------------------------------------------------------------------------
 
 
-def _mean_sd_ci(values: np.ndarray, confidence: float) -> tuple[float, float, float, float]:
-    """Mean, sample sd (ddof=1) and the Student t interval of the mean; NaN where n is too small."""
-    n = len(values)
-    if n == 0:
-        return (math.nan,) * 4
-    mean = float(np.mean(values))
-    if n < 2:
-        return mean, math.nan, math.nan, math.nan
-    sd = float(np.std(values, ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * sd / math.sqrt(n)
-    return mean, sd, mean - half, mean + half
-
-
 def _format_p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.2g}"
 
 
-def _verdict(diff_mean: float, p_value: float, n_pairs: int, alpha: float, all_equal: bool) -> str:
-    if n_pairs == 0:
+def _verdict(comparison: statistics.PairedComparison, p_adjusted: float, alpha: float, m: int) -> str:
+    """One line: the mean difference and whether it is significant after Holm's adjustment."""
+    n = comparison.n
+    if n == 0:
         return "no seeds in common with baseline, not enough paired seeds to test"
-    pp = f"{diff_mean * 100:+.2f} pp vs baseline"
-    if n_pairs == 1:
+    pp = f"{comparison.mean_difference * 100:+.2f} pp vs baseline"
+    if n == 1:
         return f"{pp} on the only paired seed, not enough paired seeds to test"
-    if all_equal:
-        return f"{pp}, identical to baseline on all {n_pairs} paired seeds"
-    if math.isnan(p_value):
-        return f"{pp}, test undefined ({n_pairs} paired seeds)"
-    word = "significant" if p_value < alpha else "not significant"
-    return f"{pp}, {word} ({_format_p(p_value)}, {n_pairs} paired seeds)"
+    if comparison.note.startswith("identical"):
+        return f"{pp}, identical to baseline on all {n} paired seeds"
+    if math.isnan(p_adjusted):
+        return f"{pp}, test undefined ({n} paired seeds)"
+    word = "significant" if p_adjusted < alpha else "not significant"
+    floor = ""
+    if comparison.smallest_possible_p_value * m >= alpha:
+        floor = f"; {n} seeds cannot reach significance here, whatever the difference"
+    return (
+        f"{pp}, {word} (Holm-adjusted {_format_p(p_adjusted)} over {m} comparisons;"
+        f" sign-flip {_format_p(comparison.p_value)}, t-test {_format_p(comparison.p_value_ttest)},"
+        f" {n} paired seeds{floor})"
+    )
 
 
-def summarize(runs: pd.DataFrame, baseline: str = "baseline", confidence: float = 0.95) -> pd.DataFrame:
-    """One row per variant (in the order of ``runs``): accuracy with a t interval, a paired
-    comparison with ``baseline`` over the seeds both have, and cost columns.
+def _paired(runs: pd.DataFrame, variant: str, baseline: str) -> tuple[np.ndarray, np.ndarray]:
+    """The test accuracies of variant and baseline on the seeds both have, aligned by seed."""
+    acc = runs.pivot_table(index="seed", columns="variant", values="test_accuracy", aggfunc="first")
+    both = acc[[variant, baseline]].dropna()
+    return both[variant].to_numpy(dtype=float), both[baseline].to_numpy(dtype=float)
 
-    ``significant`` means the two-sided paired t-test has p < 1 - confidence. The baseline's own
-    row has NaN diff columns and verdict "reference". The confidence is kept in ``.attrs``.
+
+def summarize(
+    runs: pd.DataFrame,
+    num_classes: int,
+    baseline: str = "baseline",
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """One row per variant (in the order of ``runs``), with statistics that fit bimodal outcomes
+    (a run trains or it dies): reliability and accuracy apart, and a paired comparison with
+    ``baseline`` over the seeds both have. See pipeline.statistics for each method.
+
+    ``significant`` means the Holm-adjusted sign-flip p-value (over every variant compared with the
+    baseline) is below 1 - confidence. The baseline's own row has NaN comparison columns and verdict
+    "reference". The confidence and the baseline are kept in ``.attrs``.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
     alpha = 1 - confidence
     variants = list(dict.fromkeys(runs["variant"]))
     has_baseline = baseline in variants
-    base_acc = runs.loc[runs["variant"] == baseline].set_index("seed")["test_accuracy"] if has_baseline else None
+    compared = [v for v in variants if v != baseline] if has_baseline else []
+    comparisons = {v: statistics.paired_comparison(*_paired(runs, v, baseline), confidence) for v in compared}
+    conditional = {
+        v: statistics.conditional_comparison(*_paired(runs, v, baseline), num_classes, confidence) for v in compared
+    }
+    adjusted = dict(zip(compared, statistics.holm([comparisons[v].p_value for v in compared]), strict=True))
+    adjusted_trained = dict(zip(compared, statistics.holm([conditional[v].p_value for v in compared]), strict=True))
+    # Holm leaves NaN p-values (fewer than 2 paired seeds) out of m; count the same comparisons here
+    m = max(sum(not math.isnan(comparisons[v].p_value) for v in compared), 1)
 
     rows = []
     for variant in variants:
         group = runs.loc[runs["variant"] == variant]
         acc = group["test_accuracy"].to_numpy(dtype=float)
-        acc_mean, acc_sd, acc_low, acc_high = _mean_sd_ci(acc, confidence)
+        reliability = statistics.reliability(statistics.trained(acc, num_classes), confidence)
+        accuracy = statistics.mean_interval(acc, confidence)
         row = {
             "variant": variant,
             "n_seeds": len(group),
-            "test_accuracy_mean": acc_mean,
-            "test_accuracy_std": acc_sd,
-            "test_accuracy_ci_low": acc_low,
-            "test_accuracy_ci_high": acc_high,
+            "trained_runs": reliability.k,
+            "trained_share": reliability.share,
+            "trained_share_ci_low": reliability.low,
+            "trained_share_ci_high": reliability.high,
+            "test_accuracy_mean": accuracy.mean,
+            "test_accuracy_std": float(np.std(acc, ddof=1)) if len(acc) > 1 else math.nan,
+            "test_accuracy_ci_low": accuracy.low,
+            "test_accuracy_ci_high": accuracy.high,
         }
-
-        n_pairs, diff_mean, diff_low, diff_high, p_value = 0, math.nan, math.nan, math.nan, math.nan
-        if not has_baseline:
-            verdict = "no baseline to compare with"
-        elif variant == baseline:
-            n_pairs = len(group)
-            verdict = "reference"
+        if variant in comparisons:
+            c, t = comparisons[variant], conditional[variant]
+            differences = np.subtract(*_paired(runs, variant, baseline))
+            row |= {
+                "n_paired_seeds": c.n,
+                "diff_vs_baseline_mean": c.mean_difference,
+                "diff_ci_low": c.ci_low,
+                "diff_ci_high": c.ci_high,
+                "p_value": c.p_value,
+                "p_value_ttest": c.p_value_ttest,
+                "p_value_adjusted": adjusted[variant],
+                "significant": bool(adjusted[variant] < alpha),
+                "smallest_possible_p_value": c.smallest_possible_p_value,
+                "min_detectable_diff": statistics.minimum_detectable_difference(differences, alpha=alpha / m),
+                "trained_pairs": t.n,
+                "trained_diff_mean": t.mean_difference,
+                "trained_diff_ci_low": t.ci_low,
+                "trained_diff_ci_high": t.ci_high,
+                "trained_p_value_adjusted": adjusted_trained[variant],
+                "verdict": _verdict(c, adjusted[variant], alpha, m),
+            }
         else:
-            paired = (
-                group.set_index("seed")["test_accuracy"]
-                .to_frame("variant")
-                .join(base_acc.rename("baseline"), how="inner")
-            )
-            diffs = (paired["variant"] - paired["baseline"]).to_numpy(dtype=float)
-            n_pairs = len(diffs)
-            diff_mean, _, diff_low, diff_high = _mean_sd_ci(diffs, confidence)
-            all_equal = n_pairs >= 2 and bool(np.all(diffs == 0))
-            if n_pairs >= 2 and not all_equal:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    p_value = float(stats.ttest_rel(paired["variant"], paired["baseline"]).pvalue)
-            verdict = _verdict(diff_mean, p_value, n_pairs, alpha, all_equal)
-
+            row |= {
+                "n_paired_seeds": len(group) if variant == baseline else 0,
+                "significant": False,
+                "verdict": "reference" if variant == baseline else "no baseline to compare with",
+            }
         row |= {
-            "n_paired_seeds": n_pairs,
-            "diff_vs_baseline_mean": diff_mean,
-            "diff_ci_low": diff_low,
-            "diff_ci_high": diff_high,
-            "p_value": p_value,
-            "significant": bool(not math.isnan(p_value) and p_value < alpha),
-            "verdict": verdict,
             "train_seconds_mean": group["train_seconds"].mean(),
             "train_seconds_std": group["train_seconds"].std(ddof=1),
             "train_images_per_second_mean": group["train_images_per_second"].mean(),
@@ -236,6 +273,7 @@ def summarize(runs: pd.DataFrame, baseline: str = "baseline", confidence: float 
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     summary.attrs["confidence"] = confidence
     summary.attrs["baseline"] = baseline
+    summary.attrs["comparisons"] = m
     return summary
 
 
@@ -278,46 +316,76 @@ def _diff_cell(mean: float, low: float, high: float, verdict: str) -> str:
     return f"{_pct(mean, sign=True)} {_interval(low, high, sign=True)}"
 
 
+def _share_cell(k: int, n: int, low: float, high: float) -> str:
+    return f"{k}/{n}" if _isnan(low) else f"{k}/{n} [{low * 100:.0f}, {high * 100:.0f}]"
+
+
+def _mean_ci_cell(mean: float, low: float, high: float) -> str:
+    if _isnan(mean):
+        return _NA
+    return _pct(mean) if _isnan(low) else f"{_pct(mean)} {_interval(low, high)}"
+
+
 def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
-    """The summary as a readable Markdown table plus one verdict bullet per compared variant."""
+    """The summary as a readable Markdown table, one verdict bullet per compared variant, and what
+    the tests could and could not detect."""
     confidence = summary.attrs.get("confidence", 0.95)
     baseline = summary.attrs.get("baseline")
+    m = summary.attrs.get("comparisons", 1)
     ci = f"{confidence * 100:g}% CI"
+    col = summary.__getitem__
     table = pd.DataFrame(
         {
-            "variant": summary["variant"],
-            "seeds": summary["n_seeds"].astype(str),
-            "test accuracy % (mean ± sd)": [
-                _mean_pm_sd(m * 100, s * 100, ".2f")
-                for m, s in zip(summary["test_accuracy_mean"], summary["test_accuracy_std"], strict=True)
-            ],
-            f"accuracy {ci}": [
-                _interval(lo, hi)
-                for lo, hi in zip(summary["test_accuracy_ci_low"], summary["test_accuracy_ci_high"], strict=True)
-            ],
-            f"vs baseline, pp [{ci}]": [
-                _diff_cell(m, lo, hi, verdict)
-                for m, lo, hi, verdict in zip(
-                    summary["diff_vs_baseline_mean"],
-                    summary["diff_ci_low"],
-                    summary["diff_ci_high"],
-                    summary["verdict"],
+            "variant": col("variant"),
+            "params": [_thousands(v) for v in col("trainable_params")],
+            f"trained [{ci}, %]": [
+                _share_cell(k, n, lo, hi)
+                for k, n, lo, hi in zip(
+                    col("trained_runs"),
+                    col("n_seeds"),
+                    col("trained_share_ci_low"),
+                    col("trained_share_ci_high"),
                     strict=True,
                 )
             ],
-            "p-value": [_NA if _isnan(p) else f"{p:.3g}" for p in summary["p_value"]],
-            "train s (mean ± sd)": [
-                _mean_pm_sd(m, s, ".1f")
-                for m, s in zip(summary["train_seconds_mean"], summary["train_seconds_std"], strict=True)
+            f"test accuracy % [{ci}]": [
+                _mean_ci_cell(mu, lo, hi)
+                for mu, lo, hi in zip(
+                    col("test_accuracy_mean"), col("test_accuracy_ci_low"), col("test_accuracy_ci_high"), strict=True
+                )
             ],
-            "train img/s": [_thousands(v) for v in summary["train_images_per_second_mean"]],
-            "inference img/s": [_thousands(v) for v in summary["inference_images_per_second_mean"]],
-            "params": [_thousands(v) for v in summary["trainable_params"]],
-            "FLOPs/image": [_thousands(v) for v in summary["flops_per_image"]],
-            "peak memory MB": [_NA if _isnan(v) else f"{v:,.1f}" for v in summary["peak_memory_mb_max"]],
+            f"vs baseline, pp [{ci}]": [
+                _diff_cell(mu, lo, hi, verdict)
+                for mu, lo, hi, verdict in zip(
+                    col("diff_vs_baseline_mean"), col("diff_ci_low"), col("diff_ci_high"), col("verdict"), strict=True
+                )
+            ],
+            "p (Holm)": [_NA if _isnan(p) else f"{p:.3g}" for p in col("p_value_adjusted")],
+            "detectable pp": [_NA if _isnan(d) else f"{d * 100:.1f}" for d in col("min_detectable_diff")],
+            "if both trained: pp [CI] (pairs)": [
+                "reference"
+                if verdict == "reference"
+                else _NA
+                if _isnan(mu)
+                else f"{_diff_cell(mu, lo, hi, verdict)} ({int(n)})"
+                for mu, lo, hi, n, verdict in zip(
+                    col("trained_diff_mean"),
+                    col("trained_diff_ci_low"),
+                    col("trained_diff_ci_high"),
+                    col("trained_pairs"),
+                    col("verdict"),
+                    strict=True,
+                )
+            ],
+            "train s (mean ± sd)": [
+                _mean_pm_sd(mu, sd, ".1f")
+                for mu, sd in zip(col("train_seconds_mean"), col("train_seconds_std"), strict=True)
+            ],
+            "inference img/s": [_thousands(v) for v in col("inference_images_per_second_mean")],
+            "FLOPs/image": [_thousands(v) for v in col("flops_per_image")],
         }
     )
-    numeric = {"seeds", "train img/s", "inference img/s", "params", "FLOPs/image", "peak memory MB"}
+    numeric = {"params", "inference img/s", "FLOPs/image", "p (Holm)", "detectable pp"}
     colalign = ["right" if c in numeric else "left" for c in table.columns]
 
     parts = []
@@ -326,12 +394,36 @@ def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
     parts.append(table.to_markdown(index=False, disable_numparse=True, colalign=colalign))
     bullets = [
         f"- **{variant}**: {verdict}"
-        for variant, verdict in zip(summary["variant"], summary["verdict"], strict=True)
+        for variant, verdict in zip(col("variant"), col("verdict"), strict=True)
         if verdict != "reference"
     ]
-    if bullets:
-        intro = f"Compared with **{baseline}** (paired by seed, two-sided paired t-test, {ci}):"
-        parts.append("\n" + (intro + "\n\n" if baseline else "") + "\n".join(bullets))
+    if bullets and baseline not in set(col("variant")):
+        parts.append("\n" + "\n".join(bullets))
+    elif bullets:
+        # (floor, paired seeds) of the compared rows: the note names the seeds of the lowest floor
+        floors = [
+            (p, n)
+            for p, n in zip(col("smallest_possible_p_value"), col("n_paired_seeds"), strict=True)
+            if not _isnan(p)
+        ]
+        floor = (
+            f" With {int(min(floors)[1])} paired seeds the sign-flip test cannot give p below"
+            f" {min(floors)[0]:.3g}, so after Holm's adjustment over {m} comparisons a difference is significant only"
+            f" if p x {m} < {1 - confidence:g}."
+            if floors
+            else ""
+        )
+        parts.append(
+            f"\nCompared with **{baseline}**, paired by seed. Verdicts use the exact sign-flip permutation"
+            f" test on the paired differences, Holm-adjusted over the {m} comparisons with {baseline}; the paired"
+            f" t-test is shown beside it (it assumes normal differences, which a run that died breaks)."
+            f"{floor} *detectable pp*: the smallest true mean difference these seeds would detect with 80%"
+            f" power at the spread observed (paired t-test at {1 - confidence:g}/{m})."
+            " *trained*: runs whose test accuracy reached 1.5x chance (Wilson interval); intervals on means"
+            " are percentile bootstraps, so they stay within the data's range. *if both trained*: the"
+            " difference over the seeds where both runs trained, conditional on training: read it beside the"
+            " unconditional one, never instead.\n\n" + "\n".join(bullets)
+        )
     return "\n".join(parts) + "\n"
 
 
@@ -363,9 +455,27 @@ def learning_curves(histories: Mapping[tuple[str, int], pd.DataFrame], column: s
     return curves.drop(columns="_rank").reset_index(drop=True)[CURVE_COLUMNS]
 
 
+def run_curves(
+    histories: Mapping[tuple[str, int], pd.DataFrame], column: str, window: int | None = None
+) -> pd.DataFrame:
+    """Every run's ``column`` against step, in long form (variant, seed, step, value), smoothed per run
+    over ``window`` steps when given (per-step minibatch loss is noisy)."""
+    frames = []
+    for (variant, seed), history in histories.items():
+        value = history[column]
+        if window:
+            value = value.rolling(window, min_periods=1).mean()
+        frames.append(pd.DataFrame({"variant": variant, "seed": seed, "step": history["step"], "value": value}))
+    if not frames:
+        return pd.DataFrame(columns=["variant", "seed", "step", "value"])
+    return pd.concat(frames, ignore_index=True)
+
+
 def collapsed_run(record: dict, num_classes: int) -> bool:
-    """A run that ended at chance level: it predicts (almost) one class, whatever it was shown."""
-    return record.get("diverged_at_step") is not None or record["test_accuracy"] < 1.5 / num_classes
+    """A run that did not train (statistics.trained: below 1.5x chance) or whose loss diverged."""
+    if record.get("diverged_at_step") is not None:
+        return True
+    return not bool(statistics.trained([record["test_accuracy"]], num_classes)[0])
 
 
 def curve_table(curves: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -400,6 +510,7 @@ def rolling_mean(curves: pd.DataFrame, window: int = 20) -> pd.DataFrame:
 # --- the whole report -------------------------------------------------------------------------
 
 FEATURE_MAP_IMAGES = 3
+LOSS_WINDOW = 20
 
 
 @dataclass
@@ -419,8 +530,8 @@ def _collapsed_list(records: list[dict], num_classes: int) -> str:
     if not collapsed:
         return ""
     lines = [
-        f"\nRuns that ended at chance level (test accuracy below {1.5 / num_classes:.0%}: the network"
-        " predicts one class; kept in the statistics above):\n"
+        f"\nRuns that did not train (test accuracy below {statistics.TRAINED_MARGIN / num_classes:.0%}: the"
+        " network predicts one class) or whose loss diverged; kept in the statistics above:\n"
     ]
     for r in collapsed:
         line = f"- {run_name(r['variant'], r['seed'])}: {r['test_accuracy']:.2%}"
@@ -432,19 +543,24 @@ def _collapsed_list(records: list[dict], num_classes: int) -> str:
 
 def _summary_metrics(summary: pd.DataFrame, records: list[dict], num_classes: int) -> dict[str, dict[str, Any]]:
     """reports/summary.json (the DVC metrics): per variant, what a user compares across experiments."""
+    keys = (
+        "test_accuracy_mean",
+        "test_accuracy_ci_low",
+        "test_accuracy_ci_high",
+        "trained_share",
+        "diff_vs_baseline_mean",
+        "p_value_adjusted",
+        "train_seconds_mean",
+        "trainable_params",
+    )
     return {
-        row.variant: {
-            "test_accuracy_mean": row.test_accuracy_mean,
-            "test_accuracy_std": row.test_accuracy_std,
-            "diff_vs_baseline_mean": row.diff_vs_baseline_mean,
-            "p_value": row.p_value,
-            "train_seconds_mean": row.train_seconds_mean,
+        row["variant"]: {
+            **{key: row[key] for key in keys},
             "diverged_runs": sum(
-                1 for r in records if r["variant"] == row.variant and r.get("diverged_at_step") is not None
+                1 for r in records if r["variant"] == row["variant"] and r.get("diverged_at_step") is not None
             ),
-            "collapsed_runs": sum(1 for r in records if r["variant"] == row.variant and collapsed_run(r, num_classes)),
         }
-        for row in summary.itertuples()
+        for row in summary.to_dict("records")
     }
 
 
@@ -459,10 +575,13 @@ def build_report(outputs: Sequence[RunOutputs], data: Prepared, params: Params, 
 
     records = [o.record for o in outputs]
     runs = runs_table(records, variant_order=list(params.variants))
-    summary = summarize(runs)
+    summary = summarize(runs, data.num_classes)
     keys = [(o.record["variant"], o.record["seed"]) for o in outputs]
-    val_curves = learning_curves(dict(zip(keys, (o.validation for o in outputs), strict=True)), "val_accuracy")
-    loss_curves = rolling_mean(learning_curves(dict(zip(keys, (o.history for o in outputs), strict=True)), "loss"))
+    validations = dict(zip(keys, (o.validation for o in outputs), strict=True))
+    histories = dict(zip(keys, (o.history for o in outputs), strict=True))
+    trained = {(r["variant"], r["seed"]): not collapsed_run(r, data.num_classes) for r in records}
+    val_curves = learning_curves(validations, "val_accuracy")
+    loss_curves = rolling_mean(learning_curves(histories, "loss"))
     matrices: dict[str, list[pd.DataFrame]] = {}
     for key, o in zip(keys, outputs, strict=True):
         matrices.setdefault(key[0], []).append(o.confusion_pairs)
@@ -476,10 +595,15 @@ def build_report(outputs: Sequence[RunOutputs], data: Prepared, params: Params, 
         metrics=_summary_metrics(summary, records, data.num_classes),
         curves={"val_accuracy": curve_table(val_curves, "val_accuracy"), "loss": curve_table(loss_curves, "loss")},
     )
+    run_trained = [trained[v, s] for v, s in zip(runs["variant"], runs["seed"], strict=True)]
     report.figures = {
-        "accuracy_vs_time.png": figures.accuracy_vs_time_figure(summary),
-        "learning_curves_val_accuracy.png": figures.learning_curves_figure(val_curves, "validation accuracy"),
-        "learning_curves_loss.png": figures.learning_curves_figure(loss_curves, "training loss (mean of 20 steps)"),
+        "accuracy_vs_time.png": figures.accuracy_vs_time_figure(summary, runs, run_trained),
+        "learning_curves_val_accuracy.png": figures.learning_curves_figure(
+            run_curves(validations, "val_accuracy"), trained, "validation accuracy (%)", percent=True
+        ),
+        "learning_curves_loss.png": figures.learning_curves_figure(
+            run_curves(histories, "loss", window=LOSS_WINDOW), trained, f"training loss (mean of {LOSS_WINDOW} steps)"
+        ),
         "confusion_matrices.png": figures.confusion_matrices_figure(
             {v: confusion_from_pairs(pd.concat(p), data.classes) for v, p in matrices.items()}, data.classes
         ),

@@ -263,5 +263,6 @@ def write_prepared(directory: Path, n: int = 400, *, dataset: str = "tiny", seed
         classes=tuple(str(i) for i in range(10)),
         dataset=dataset,
         source_sha256=("0" * 64,) * 4,
+        scaling="unit",
     )
     prepared.save(Path(directory), data)

@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     config = load_params(args.params).data
     dataset = resolve_dataset(config.dataset, config.sha256)
     raw_dir = paths.raw_dir(dataset.name, args.raw)
-    sources = tuple(file_sha256(raw_dir / name) for name in IDX_FILES.values())
-    data = prepare(dataset, load_raw(raw_dir, dataset), sources, config)
+    raw = load_raw(raw_dir, dataset)  # names a missing or corrupt file
+    data = prepare(dataset, raw, tuple(file_sha256(raw_dir / name) for name in IDX_FILES.values()), config)
     out = paths.prepared_dir(dataset.name, args.out)
     prepared.save(out, data)
     counts = ", ".join(f"{split} {len(getattr(data, 'y_' + split))}" for split in ("train", "valid", "test"))

@@ -40,7 +40,7 @@ def run_prepare(tmp_path: Path, data: dict) -> subprocess.CompletedProcess:
 
 
 def test_stage_writes_a_loadable_prepared_folder(raw, tmp_path):
-    data = {"dataset": "tiny", "sha256": raw["sha256"], "validation_size": 12, "split_seed": 5}
+    data = {"dataset": "tiny", "sha256": raw["sha256"], "validation_size": 12, "split_seed": 5, "scaling": "centered"}
     result = run_prepare(tmp_path, data)
     assert result.returncode == 0, result.stderr
     assert "train 38, valid 12, test 20" in result.stdout
@@ -49,13 +49,20 @@ def test_stage_writes_a_loadable_prepared_folder(raw, tmp_path):
     got = prepared.load(out)
     a = raw["arrays"]
     expected = prepare_arrays(
-        a["train_images"], a["train_labels"], a["test_images"], a["test_labels"], validation_size=12, seed=5
+        a["train_images"],
+        a["train_labels"],
+        a["test_images"],
+        a["test_labels"],
+        validation_size=12,
+        seed=5,
+        scaling="centered",
     )
     for key, value in expected.items():
         assert getattr(got, key).dtype == value.dtype
         np.testing.assert_array_equal(getattr(got, key), value)
     assert got.classes == tuple(str(i) for i in range(10))
-    assert got.dataset == "tiny"
+    assert got.dataset == "tiny" and got.scaling == "centered"
+    assert got.x_test.min() == -0.5 and got.x_test.max() == 0.5  # the generated images use 0 and 255
     directory = raw["directory"]
     assert got.source_sha256 == tuple(file_sha256(directory / n) for n in IDX_FILES.values())
 

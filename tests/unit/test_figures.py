@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 
 from pipeline.figures import (
@@ -36,57 +37,90 @@ def image_axes(fig: Figure) -> list:
 def summary() -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "variant": ["baseline", "transposed", "single"],
-            "n_seeds": [3, 3, 1],
-            "test_accuracy_mean": [0.91, 0.92, 0.95],
-            "test_accuracy_ci_low": [0.89, 0.90, np.nan],
-            "test_accuracy_ci_high": [0.93, 0.94, np.nan],
-            "train_seconds_mean": [100.0, 150.0, 120.0],
-            "train_seconds_std": [2.0, 3.0, np.nan],
+            "variant": ["baseline", "transposed"],
+            "n_seeds": [3, 3],
+            "trained_runs": [3, 2],
+            "test_accuracy_mean": [0.91, 0.65],
+            "test_accuracy_ci_low": [0.89, 0.10],
+            "test_accuracy_ci_high": [0.93, 0.93],
+            "train_seconds_mean": [100.0, 150.0],
+            "train_seconds_std": [2.0, 3.0],
         }
     )
 
 
-def test_accuracy_vs_time_figure():
-    fig = accuracy_vs_time_figure(summary())
-    assert isinstance(fig, Figure)
+def runs() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "variant": ["baseline"] * 3 + ["transposed"] * 3,
+            "seed": [1, 2, 3] * 2,
+            "test_accuracy": [0.90, 0.91, 0.92, 0.92, 0.10, 0.93],
+            "train_seconds": [98.0, 100.0, 102.0, 147.0, 150.0, 153.0],
+        }
+    )
+
+
+def test_accuracy_vs_time_figure_shows_every_run_and_marks_the_dead():
+    trained = [True, True, True, True, False, True]
+    fig = accuracy_vs_time_figure(summary(), runs(), trained)
     (ax,) = fig.axes
-    assert len(ax.containers) == 3  # one errorbar per variant
-    # y error bar of the baseline spans the CI in percent: 89 .. 93
-    baseline_bar = ax.containers[0]
-    (y_segments,) = [c for c in baseline_bar.lines[2] if c.get_segments()[0][0][0] == c.get_segments()[0][1][0]]
-    (x0, y0), (x1, y1) = y_segments.get_segments()[0]
-    assert (x0, x1) == (100.0, 100.0)
-    assert sorted([y0, y1]) == pytest.approx([89.0, 93.0])
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "baseline (n=3)",
-        "transposed (n=3)",
-        "single (n=1)",
-    ]
-    assert {t.get_text() for t in ax.texts} == {"baseline", "transposed", "single"}
-    assert "(s)" in ax.get_xlabel() and "%" in ax.get_ylabel() and ax.get_title()
+    assert ax.get_ylim() == (0, 100)  # accuracies are percentages: the axis never leaves 0-100
+    # every run is a point: trained runs as dots, the one that died as a cross, in its variant's colour
+    points = [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
+    offsets = sorted(tuple(xy) for c in points for xy in np.asarray(c.get_offsets()).tolist())
+    assert offsets == sorted(
+        zip([98.0, 100.0, 102.0, 147.0, 150.0, 153.0], [90.0, 91.0, 92.0, 92.0, 10.0, 93.0], strict=True)
+    )
+    dead = [c for c in points if len(c.get_offsets()) == 1 and tuple(c.get_offsets()[0]) == (150.0, 10.0)]
+    assert len(dead) == 1
+    # each variant's summary on top: a diamond at the mean with its bootstrap interval, in percent
+    assert len(ax.containers) == 2
+    ((x, y),) = np.asarray(ax.containers[1].lines[0].get_xydata()).tolist()
+    assert (x, y) == pytest.approx((150.0, 65.0))
+    vertical = [c for c in ax.containers[1].lines[2] if c.get_segments()[0][0][0] == c.get_segments()[0][1][0]]
+    (x0, y0), (x1, y1) = vertical[0].get_segments()[0]
+    assert sorted([y0, y1]) == pytest.approx([10.0, 93.0])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(labels) == sorted(
+        ["baseline: 3/3 trained", "transposed: 2/3 trained", "a run that did not train", "a run that trained"]
+    )
     png_bytes(fig)
 
 
-def test_learning_curves_figure():
+def test_learning_curves_figure_clips_a_diverged_run_with_a_mark():
     curves = pd.DataFrame(
         {
-            "variant": ["a", "a", "a", "b", "b"],
-            "step": [0, 100, 200, 0, 100],
-            "mean": [0.4, 0.7, 0.85, 0.2, 0.4],
-            "std": [0.14, np.nan, 0.07, np.nan, np.nan],
-            "n": [2, 1, 2, 1, 1],
+            "variant": ["a"] * 6 + ["b"] * 3,
+            "seed": [1, 1, 1, 2, 2, 2, 1, 1, 1],
+            "step": [0, 100, 200] * 3,
+            "value": [2.0, 0.8, 0.6, 2.2, 2.5e21, np.nan, 2.1, 1.0, 0.7],
         }
     )
-    fig = learning_curves_figure(curves, "validation accuracy")
+    trained = {("a", 1): True, ("a", 2): False, ("b", 1): True}
+    fig = learning_curves_figure(curves, trained, "training loss")
     (ax,) = fig.axes
-    lines = ax.get_lines()
-    assert len(lines) == 2
-    assert lines[0].get_ydata().tolist() == [0.4, 0.7, 0.85]
-    assert len(ax.collections) == 2  # one shaded band per variant
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a (n=2)", "b (n=1)"]
-    assert ax.get_ylabel() == "validation accuracy" and "step" in ax.get_xlabel()
+    top = 2.1 * 1.05  # the y axis is set by the runs that trained, not by a loss of 2.5e21
+    assert ax.get_ylim() == pytest.approx((0, top))
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 1
+    assert dashed[0].get_ydata().tolist() == pytest.approx([2.2, top, top])  # clipped, not hidden
+    marks = [line for line in ax.get_lines() if line.get_marker() == "^"]
+    assert len(marks) == 1 and marks[0].get_xdata()[0] == 100  # the first step beyond the axis
+    thick = [line for line in ax.get_lines() if line.get_linewidth() == 2.0]
+    assert [line.get_ydata().tolist() for line in thick] == [[2.0, 0.8, 0.6], [2.1, 1.0, 0.7]]  # trained only
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "a: mean of 1 trained, 1 did not train (dashed)",
+        "b: mean of 1 trained",
+    ]
     png_bytes(fig)
+
+
+def test_learning_curves_figure_in_percent_stays_within_0_100():
+    curves = pd.DataFrame({"variant": "a", "seed": 1, "step": [0, 100], "value": [0.1, 0.8]})
+    fig = learning_curves_figure(curves, {("a", 1): True}, "validation accuracy (%)", percent=True)
+    (ax,) = fig.axes
+    assert ax.get_ylim() == (0, 100)
+    assert ax.get_lines()[-1].get_ydata().tolist() == pytest.approx([10.0, 80.0])
 
 
 def test_confusion_matrices_figure_row_normalised_grid():

@@ -23,6 +23,7 @@ def sample(n_valid: int = 3) -> prepared.Prepared:
         classes=("T-shirt/top", "Trouser", "Pullover", "Dress"),
         dataset="fashion_mnist",
         source_sha256=("a" * 64, "b" * 64, "c" * 64, "d" * 64),
+        scaling="centered",
     )
 
 
@@ -35,7 +36,12 @@ def test_load_returns_what_save_wrote_memory_mapped(tmp_path: Path, n_valid: int
         expected, got = getattr(data, name), getattr(loaded, name)
         assert got.dtype == expected.dtype and got.shape == expected.shape, name
         np.testing.assert_array_equal(got, expected)
-    assert (loaded.classes, loaded.dataset, loaded.source_sha256) == (data.classes, data.dataset, data.source_sha256)
+    assert (loaded.classes, loaded.dataset, loaded.source_sha256, loaded.scaling) == (
+        data.classes,
+        data.dataset,
+        data.source_sha256,
+        "centered",
+    )
     assert loaded.input_shape == (28, 28, 1) and loaded.num_classes == 4
     assert isinstance(loaded.x_train, np.memmap) and not loaded.x_train.flags.writeable  # mapped, read-only
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fashion_mnist"]  # no scratch folder left
