@@ -362,11 +362,17 @@ def minimum_detectable_difference(
     t_critical = float(stats.t.ppf(1 - alpha / 2, df))
 
     def power_gap(noncentrality: float) -> float:
-        reached = stats.nct.sf(t_critical, df, noncentrality) + stats.nct.cdf(-t_critical, df, noncentrality)
-        return float(reached) - power
+        reached = float(stats.nct.sf(t_critical, df, noncentrality) + stats.nct.cdf(-t_critical, df, noncentrality))
+        if not math.isfinite(reached):
+            raise ValueError("the noncentral t is NaN here")
+        return reached - power
 
-    upper = t_critical + float(stats.norm.ppf(power)) + 1.0
-    while power_gap(upper) < 0:
-        upper *= 2
-    noncentrality = optimize.brentq(power_gap, 0.0, upper, xtol=1e-12)
+    approximation = t_critical + float(stats.t.ppf(power, df))
+    try:
+        upper = t_critical + float(stats.norm.ppf(power)) + 1.0
+        while power_gap(upper) < 0:
+            upper *= 2
+        noncentrality = optimize.brentq(power_gap, 0.0, upper, xtol=1e-12)
+    except ValueError:  # nct gives NaN far in the tail (1 degree of freedom, a tiny alpha): the approximation
+        noncentrality = approximation
     return noncentrality * sd / math.sqrt(n)

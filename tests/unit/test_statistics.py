@@ -325,3 +325,18 @@ def test_minimum_detectable_difference_degenerate_cases():
     assert math.isnan(minimum_detectable_difference([0.01], n=5))
     assert math.isnan(minimum_detectable_difference([math.nan, math.nan], n=5))
     assert minimum_detectable_difference([0.01, 0.01, 0.01], n=3) == 0.0
+
+
+def test_mdd_with_one_degree_of_freedom_and_a_holm_alpha_is_finite():
+    """With 1 degree of freedom and alpha 0.05/4, scipy's noncentral t gives NaN in parts of the tail
+    (it failed the compare stage of a 2-seed pipeline once): the result must still be a number, at
+    least the approximation's order, never an exception."""
+    from scipy import stats
+
+    diffs = [0.01, 0.03]
+    for alpha in (0.05 / 4, 0.05 / 5, 0.05 / 7, 0.01):
+        sd, t_c = np.std(diffs, ddof=1), stats.t.ppf(1 - alpha / 2, 1)
+        approximation = (t_c + stats.t.ppf(0.8, 1)) * sd / np.sqrt(2)
+        result = minimum_detectable_difference(diffs, alpha=alpha)
+        assert math.isfinite(result)
+        assert approximation * 0.9 <= result <= approximation * 2
