@@ -132,14 +132,25 @@ class _Weighted(LayerSpec):
         return kwargs
 
 
-class Conv(_Weighted):
-    """2-D convolution (Keras `Conv2D`)."""
+class _Convolution(_Weighted):
+    """What a convolution and a transposed convolution share: filters, kernel, strides, padding."""
 
-    type: Literal["conv"]
     filters: PositiveInt
     kernel_size: PositiveInt = 5
     strides: PositiveInt = 1
     padding: Padding = "same"
+
+    def params(self, shape: Shape) -> int:
+        return self.kernel_size**2 * shape[-1] * self.filters + self.filters
+
+    def label(self) -> str:
+        return f"{self.type}{self.filters}k{self.kernel_size}s{self.strides}"
+
+
+class Conv(_Convolution):
+    """2-D convolution (Keras `Conv2D`)."""
+
+    type: Literal["conv"]
 
     def output_shape(self, shape: Shape) -> Shape:
         h, w, _ = self._image(shape)
@@ -149,15 +160,9 @@ class Conv(_Weighted):
             raise ValueError(f"a {h}x{w} input is too small for kernel {self.kernel_size}")
         return (out_h, out_w, self.filters)
 
-    def params(self, shape: Shape) -> int:
-        return self.kernel_size**2 * shape[-1] * self.filters + self.filters
-
     def flops(self, shape: Shape) -> int:
         out_h, out_w, _ = self.output_shape(shape)
         return 2 * self.kernel_size**2 * shape[-1] * self.filters * out_h * out_w
-
-    def label(self) -> str:
-        return f"{self.type}{self.filters}k{self.kernel_size}s{self.strides}"
 
     def keras_layer(self, at: Placement) -> keras.layers.Layer:
         import keras
@@ -167,14 +172,10 @@ class Conv(_Weighted):
         )
 
 
-class ConvTranspose(_Weighted):
+class ConvTranspose(_Convolution):
     """Transposed convolution (Keras `Conv2DTranspose`): upsamples by `strides`."""
 
     type: Literal["conv_transpose"]
-    filters: PositiveInt
-    kernel_size: PositiveInt = 5
-    strides: PositiveInt = 1
-    padding: Padding = "same"
     output_padding: Annotated[int, Field(ge=0)] | None = None
 
     upsampling_outputs: ClassVar[int] = 1
@@ -189,15 +190,9 @@ class ConvTranspose(_Weighted):
             raise ValueError(f"a {h}x{w} input is too small for kernel {self.kernel_size}")
         return (out_h, out_w, self.filters)
 
-    def params(self, shape: Shape) -> int:
-        return self.kernel_size**2 * shape[-1] * self.filters + self.filters
-
     def flops(self, shape: Shape) -> int:
         h, w, c = shape
         return 2 * self.kernel_size**2 * c * self.filters * h * w  # each input pixel scatters a k x k x filters patch
-
-    def label(self) -> str:
-        return f"{self.type}{self.filters}k{self.kernel_size}s{self.strides}"
 
     def keras_layer(self, at: Placement) -> keras.layers.Layer:
         import keras
@@ -234,52 +229,42 @@ class Upsample(LayerSpec):
         return keras.layers.UpSampling2D(self.size, interpolation=self.interpolation, name=self.keras_name(at.index))
 
 
-def _pool_output_shape(layer: MaxPool | AvgPool, shape: Shape) -> Shape:
-    h, w, c = layer._image(shape)
-    stride = layer.strides or layer.pool_size
-    out_h = conv_output_size(h, layer.pool_size, stride, layer.padding)
-    out_w = conv_output_size(w, layer.pool_size, stride, layer.padding)
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"a {h}x{w} input is too small for pool_size {layer.pool_size}")
-    return (out_h, out_w, c)
+class _Pool(LayerSpec):
+    """What max and average pooling share: their parameters, output shape and Keras call."""
+
+    KERAS_CLASS: ClassVar[str]
+    pool_size: PositiveInt = 2
+    strides: PositiveInt | None = None
+    padding: Padding = "valid"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        h, w, c = self._image(shape)
+        stride = self.strides or self.pool_size
+        out_h = conv_output_size(h, self.pool_size, stride, self.padding)
+        out_w = conv_output_size(w, self.pool_size, stride, self.padding)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"a {h}x{w} input is too small for pool_size {self.pool_size}")
+        return (out_h, out_w, c)
+
+    def keras_layer(self, at: Placement) -> keras.layers.Layer:
+        import keras
+
+        pool = getattr(keras.layers, self.KERAS_CLASS)
+        return pool(self.pool_size, strides=self.strides, padding=self.padding, name=self.keras_name(at.index))
 
 
-class MaxPool(LayerSpec):
+class MaxPool(_Pool):
     """Max pooling (Keras `MaxPooling2D`); `strides` null: the pool size."""
 
+    KERAS_CLASS = "MaxPooling2D"
     type: Literal["max_pool"]
-    pool_size: PositiveInt = 2
-    strides: PositiveInt | None = None
-    padding: Padding = "valid"
-
-    def output_shape(self, shape: Shape) -> Shape:
-        return _pool_output_shape(self, shape)
-
-    def keras_layer(self, at: Placement) -> keras.layers.Layer:
-        import keras
-
-        return keras.layers.MaxPooling2D(
-            self.pool_size, strides=self.strides, padding=self.padding, name=self.keras_name(at.index)
-        )
 
 
-class AvgPool(LayerSpec):
+class AvgPool(_Pool):
     """Average pooling (Keras `AveragePooling2D`); `strides` null: the pool size."""
 
+    KERAS_CLASS = "AveragePooling2D"
     type: Literal["avg_pool"]
-    pool_size: PositiveInt = 2
-    strides: PositiveInt | None = None
-    padding: Padding = "valid"
-
-    def output_shape(self, shape: Shape) -> Shape:
-        return _pool_output_shape(self, shape)
-
-    def keras_layer(self, at: Placement) -> keras.layers.Layer:
-        import keras
-
-        return keras.layers.AveragePooling2D(
-            self.pool_size, strides=self.strides, padding=self.padding, name=self.keras_name(at.index)
-        )
 
 
 class Dropout(LayerSpec):
