@@ -564,6 +564,12 @@ def _summary_metrics(summary: pd.DataFrame, records: list[dict], num_classes: in
     }
 
 
+def image_maps(maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The activations that are images (k, h, w, c): upsampling_layer_names also names the layer
+    after an upsample, which is a flatten in `upsample_only` and has no picture to show."""
+    return {name: array for name, array in maps.items() if np.ndim(array) == 4}
+
+
 def build_report(outputs: Sequence[RunOutputs], data: Prepared, params: Params, models: Mapping[str, Any]) -> Report:
     """The comparison of every variant x seed run: tables, statistics, curves and figures.
 
@@ -610,7 +616,7 @@ def build_report(outputs: Sequence[RunOutputs], data: Prepared, params: Params, 
     }
     images = data.x_test[:FEATURE_MAP_IMAGES]
     for variant, model in models.items():
-        maps = activations(model, upsampling_layer_names(params.variants[variant]), images)
+        maps = image_maps(activations(model, upsampling_layer_names(params.variants[variant]), images))
         figure = figures.feature_maps_figure(images, maps)
         figure.suptitle(f"{variant}: feature maps after each upsampling layer (each panel scaled to its own range)")
         report.figures[f"feature_maps_{variant}.png"] = figure

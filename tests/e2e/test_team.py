@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +19,9 @@ from support import BIN, ROOT, Lines, arg_value, clean_env, kill_group, stage_co
 from test_pipeline_e2e import SEEDS, VARIANTS, changed_stages, dvc, make_repo, metrics_files, run_queued_grid
 
 pytestmark = pytest.mark.slow
+
+# the server runs with MLflow's basic-auth; clients log in with MLflow's standard variables
+CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(18)}
 
 
 def free_port() -> int:
@@ -44,6 +49,8 @@ def server():
         MLFLOW_SERVER_DIR=str(state),
         MLFLOW_BIN=str(BIN / "mlflow"),
         MLFLOW_WORKERS="2",
+        MLFLOW_AUTH_ADMIN_PASSWORD=CREDENTIALS["MLFLOW_TRACKING_PASSWORD"],
+        MLFLOW_PG_DIR=str(state / "postgres"),  # reachable by the postgres user: state is 0755
     )
     log = open(state / "server.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
@@ -55,7 +62,7 @@ def server():
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(url + "/health", timeout=2) as response:
@@ -66,7 +73,12 @@ def server():
             assert proc.poll() is None, (state / "server.log").read_text()
         else:
             pytest.fail("the MLflow server did not start:\n" + (state / "server.log").read_text())
-        yield url
+        with pytest.raises(urllib.error.HTTPError, match="401"):  # no one gets in without logging in
+            urllib.request.urlopen(url + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
+        with pytest.MonkeyPatch.context() as patch:  # this process's MLflow clients log in too
+            for key, value in CREDENTIALS.items():
+                patch.setenv(key, value)
+            yield url
     finally:
         if proc.returncode is None:
             os.killpg(proc.pid, 15)  # the script stops PostgreSQL and MLflow on SIGTERM
@@ -83,7 +95,7 @@ def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path:
 
     repo = tmp_path / "project"
     make_repo(repo)
-    dvc(repo, "repro", MLFLOW_TRACKING_URI=server)
+    dvc(repo, "repro", MLFLOW_TRACKING_URI=server, **CREDENTIALS)
     assert not (repo / "mlflow.db").exists()  # nothing went to the embedded store
     client = mlflow.MlflowClient(tracking_uri=server)
     experiment = client.get_experiment_by_name("deconvolution")
@@ -113,7 +125,7 @@ def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path:
     assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
 
     # a grid of queued experiments run by two workers lands on the shared server too
-    status = run_queued_grid(repo, "grid", MLFLOW_TRACKING_URI=server)
+    status = run_queued_grid(repo, "grid", MLFLOW_TRACKING_URI=server, **CREDENTIALS)
     assert status.count("Success") == 2, status
     summaries = client.search_runs([experiment.experiment_id], filter_string="tags.summary = 'true'")
     assert {r.data.tags.get("dvc.experiment") for r in summaries} >= {"grid-41", "grid-43"}

@@ -9,7 +9,7 @@ from support import ROOT
 
 from pipeline.config import load_params
 from pipeline.models import upsampling_layer_names
-from pipeline.reporting import collapsed_run, confusion_from_pairs, curve_table, rolling_mean
+from pipeline.reporting import collapsed_run, confusion_from_pairs, curve_table, image_maps, rolling_mean
 
 
 def test_collapsed_runs_are_those_at_chance_level():
@@ -51,3 +51,11 @@ def test_upsampling_layers_of_the_shipped_variants():
     assert upsampling_layer_names(variants["transposed"]) == ["1_conv_transpose"]
     assert upsampling_layer_names(variants["transposed_deep"]) == ["2_conv_transpose", "3_conv_transpose"]
     assert upsampling_layer_names(variants["resize_conv"]) == ["1_upsample", "2_conv"]
+
+
+def test_feature_maps_keep_only_image_activations():
+    """upsample_only's upsample is followed by a flatten: its (k, 12544) output is no picture."""
+    maps = {"1_upsample": np.zeros((3, 28, 28, 16)), "2_flatten": np.zeros((3, 12544))}
+    assert list(image_maps(maps)) == ["1_upsample"]
+    variants = load_params(ROOT / "params.yaml").variants
+    assert upsampling_layer_names(variants["upsample_only"]) == ["1_upsample", "2_flatten"]
