@@ -37,5 +37,5 @@ bench-pipeline: setup  ## pipeline overhead: a forced `dvc repro` against the tr
 ui: setup  ## the MLflow UI on the project's embedded store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
-server: setup  ## team tracking server: MLflow on PostgreSQL, proxied artifacts, 127.0.0.1:$${MLFLOW_PORT:-5000}
+server: setup  ## team tracking server: MLflow on PostgreSQL, proxied artifacts, 127.0.0.1:$${MLFLOW_PORT:-5000}; a login (MLFLOW_AUTH_ADMIN_PASSWORD) is required on any other MLFLOW_HOST, see docs/team.md
 	scripts/mlflow-server.sh

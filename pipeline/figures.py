@@ -33,7 +33,7 @@ def accuracy_vs_time_figure(summary: pd.DataFrame, runs: pd.DataFrame, trained: 
 
     ``trained`` flags each row of ``runs`` (statistics.trained).
     """
-    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
+    fig = Figure(figsize=(10.5, 5.5), layout="constrained")
     ax = fig.add_subplot()
     trained = np.asarray(trained, dtype=bool)
     for i, row in enumerate(summary.itertuples(index=False)):
@@ -67,7 +67,7 @@ def accuracy_vs_time_figure(summary: pd.DataFrame, runs: pd.DataFrame, trained: 
     ax.set_title("Test accuracy vs training time, every run")
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.1)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     return fig
 
 
@@ -75,19 +75,24 @@ def learning_curves_figure(
     runs: pd.DataFrame, trained: Mapping[tuple[str, int], bool], metric_label: str, *, percent: bool = False
 ) -> Figure:
     """Every run as a thin line and each variant's mean over its runs that trained as a thick one,
-    against the training step. Runs that did not train are dashed; the y axis is set by the runs that
-    trained, so a run that diverged (a loss of 1e21) is clipped at the top edge, marked with a triangle,
-    instead of flattening every other curve.
+    against the training step. Runs that did not train are dashed. A percentage runs on 0-100; any
+    other metric (the loss) on a log scale whose range is set by the runs that trained, so a run that
+    diverged (a loss of 1e21, or NaN) is clipped at the top edge and marked with a triangle instead of
+    flattening every other curve.
 
     ``runs``: long form with columns variant, seed, step, value; ``trained`` flags each (variant, seed).
     """
-    fig = Figure(figsize=(8.5, 5), layout="constrained")
+    fig = Figure(figsize=(10.5, 5), layout="constrained")
     ax = fig.add_subplot()
     scale = 100.0 if percent else 1.0
     good = runs[[trained.get((v, s), True) for v, s in zip(runs["variant"], runs["seed"], strict=True)]]
     finite = good["value"].to_numpy(dtype=float) * scale
-    finite = finite[np.isfinite(finite)]
-    top = 100.0 if percent else (float(np.nanmax(finite)) * 1.05 if finite.size else 1.0)
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    if percent:
+        bottom, top = 0.0, 100.0
+    else:
+        bottom, top = (float(finite.min()) / 1.2, float(finite.max()) * 1.2) if finite.size else (0.1, 10.0)
+        ax.set_yscale("log")
     for i, (variant, group) in enumerate(runs.groupby("variant", sort=False)):
         color = _color(i)
         seeds = list(dict.fromkeys(group["seed"]))
@@ -111,13 +116,13 @@ def learning_curves_figure(
                 f", {len(died)} did not train (dashed)" if died else ""
             )
             ax.plot(mean.index, mean.to_numpy(), color=color, linewidth=2.0, label=label)
-    ax.set_ylim(0, top)
+    ax.set_ylim(bottom, top)
     ax.set_xlabel("training step (batches)")
-    ax.set_ylabel(metric_label)
-    ax.set_title(f"{metric_label}: every run (thin), mean of the runs that trained (thick); ▲ clipped")
-    ax.grid(True, alpha=0.3)
+    ax.set_ylabel(metric_label + ("" if percent else ", log scale"))
+    ax.set_title(f"{metric_label}: every run (thin), mean of the runs that trained (thick), ▲ clipped at the top")
+    ax.grid(True, alpha=0.3, which="both" if not percent else "major")
     if len(runs):
-        ax.legend(loc="best", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     return fig
 
 
