@@ -155,16 +155,18 @@ def _format_p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.2g}"
 
 
-def _verdict(comparison: statistics.PairedComparison, p_adjusted: float, alpha: float, m: int) -> str:
+def _verdict(
+    comparison: statistics.PairedComparison, p_adjusted: float, alpha: float, m: int, reference: str = "baseline"
+) -> str:
     """One line: the mean difference and whether it is significant after Holm's adjustment."""
     n = comparison.n
     if n == 0:
-        return "no seeds in common with baseline, not enough paired seeds to test"
-    pp = f"{comparison.mean_difference * 100:+.2f} pp vs baseline"
+        return f"no seeds in common with {reference}, not enough paired seeds to test"
+    pp = f"{comparison.mean_difference * 100:+.2f} pp vs {reference}"
     if n == 1:
         return f"{pp} on the only paired seed, not enough paired seeds to test"
     if comparison.note.startswith("identical"):
-        return f"{pp}, identical to baseline on all {n} paired seeds"
+        return f"{pp}, identical to {reference} on all {n} paired seeds"
     if math.isnan(p_adjusted):
         return f"{pp}, test undefined ({n} paired seeds)"
     word = "significant" if p_adjusted < alpha else "not significant"
@@ -251,7 +253,7 @@ def summarize(
                 "trained_diff_ci_low": t.ci_low,
                 "trained_diff_ci_high": t.ci_high,
                 "trained_p_value_adjusted": adjusted_trained[variant],
-                "verdict": _verdict(c, adjusted[variant], alpha, m),
+                "verdict": _verdict(c, adjusted[variant], alpha, m, baseline),
             }
         else:
             row |= {
@@ -354,7 +356,7 @@ def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
                     col("test_accuracy_mean"), col("test_accuracy_ci_low"), col("test_accuracy_ci_high"), strict=True
                 )
             ],
-            f"vs baseline, pp [{ci}]": [
+            f"vs {baseline}, pp [{ci}]": [
                 _diff_cell(mu, lo, hi, verdict)
                 for mu, lo, hi, verdict in zip(
                     col("diff_vs_baseline_mean"), col("diff_ci_low"), col("diff_ci_high"), col("verdict"), strict=True
@@ -621,3 +623,23 @@ def build_report(outputs: Sequence[RunOutputs], data: Prepared, params: Params, 
         figure.suptitle(f"{variant}: feature maps after each upsampling layer (each panel scaled to its own range)")
         report.figures[f"feature_maps_{variant}.png"] = figure
     return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pipeline.reporting reports/comparison.csv --baseline upsample_only`: the summary of a
+    finished comparison against another reference variant (a control), printed as Markdown."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.reporting", description=main.__doc__)
+    parser.add_argument("runs", help="reports/comparison.csv, written by the compare stage")
+    parser.add_argument("--baseline", required=True, help="the variant every other one is compared with")
+    parser.add_argument("--classes", type=int, default=10, help="number of classes (chance is 1/classes)")
+    args = parser.parse_args(argv)
+    runs = runs_table(pd.read_csv(args.runs).to_dict("records"))
+    if args.baseline not in set(runs["variant"]):
+        raise SystemExit(f"error: {args.baseline!r} is not a variant in {args.runs}")
+    print(summary_markdown(summarize(runs, args.classes, baseline=args.baseline)), end="")
+
+
+if __name__ == "__main__":
+    main()

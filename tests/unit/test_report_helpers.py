@@ -59,3 +59,27 @@ def test_feature_maps_keep_only_image_activations():
     assert list(image_maps(maps)) == ["1_upsample"]
     variants = load_params(ROOT / "params.yaml").variants
     assert upsampling_layer_names(variants["upsample_only"]) == ["1_upsample", "2_flatten"]
+
+
+def test_the_summary_against_a_control_from_a_finished_comparison(tmp_path, capsys):
+    """`python -m pipeline.reporting reports/comparison.csv --baseline <control>`: the same summary,
+    another reference."""
+    from pipeline.reporting import RUN_COLUMNS, main
+
+    rows = []
+    for variant, accuracies in {
+        "baseline": [0.80, 0.81, 0.79, 0.80, 0.82],
+        "wide": [0.83, 0.84, 0.82, 0.85, 0.86],
+    }.items():
+        for seed, accuracy in enumerate(accuracies, start=1):
+            row = dict.fromkeys(RUN_COLUMNS, 1.0) | {"variant": variant, "seed": seed, "test_accuracy": accuracy}
+            rows.append(row | {"run_id": f"{variant}{seed}", "trainable_params": 10, "flops_per_image": 10})
+    pd.DataFrame(rows).to_csv(tmp_path / "comparison.csv", index=False)
+    main([str(tmp_path / "comparison.csv"), "--baseline", "wide"])
+    out = capsys.readouterr().out
+    assert "vs wide, pp [95% CI]" in out
+    assert "| wide " in out and "reference" in out
+    # baseline is 3.6 pp below wide on every seed: 5 paired seeds, sign-flip p = 2/32 = 0.0625
+    assert "- **baseline**: -3.60 pp vs wide, not significant (Holm-adjusted p=0.062 over 1 comparisons" in out
+    with pytest.raises(SystemExit, match="'nope' is not a variant"):
+        main([str(tmp_path / "comparison.csv"), "--baseline", "nope"])
