@@ -37,6 +37,9 @@ if [ -n "${MLFLOW_AUTH_ADMIN_PASSWORD_FILE:-}" ]; then
   export MLFLOW_AUTH_ADMIN_PASSWORD
 fi
 if [ -z "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ]; then unset MLFLOW_AUTH_ADMIN_PASSWORD; fi # empty is no password
+if [ -n "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ] && [ "${#MLFLOW_AUTH_ADMIN_PASSWORD}" -lt 12 ]; then
+  die "the admin password (MLFLOW_AUTH_ADMIN_PASSWORD or its file) is too short: MLflow wants 12 characters or more"
+fi
 AUTH=
 if [ -n "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ] || [ -f "$STATE/auth/basic_auth.db" ]; then AUTH=1; fi
 if [ -z "$AUTH" ] && ! is_loopback "$HOST"; then
@@ -112,7 +115,7 @@ stop_mlflow() {
   kill -TERM -- "-$SERVER" 2>/dev/null || kill -TERM "$SERVER" 2>/dev/null || true
   for _ in $(seq 300); do # 30 s for MLflow to finish its requests and stop its workers
     alive "$SERVER" || break
-    sleep 0.1
+    sleep 0.1 || true # a signal during shutdown must not end it (set -e)
   done
   kill -KILL -- "-$SERVER" 2>/dev/null || kill -KILL "$SERVER" 2>/dev/null || true
   wait "$SERVER" 2>/dev/null || true

@@ -224,6 +224,13 @@ def test_a_network_address_without_credentials_is_refused_before_anything_starts
     env = start_env(tmp_path / "state", port, free_port(), "x", MLFLOW_HOST="0.0.0.0", MLFLOW_AUTH_ADMIN_PASSWORD="")
     result = run(["bash", str(ROOT / "scripts" / "mlflow-server.sh")], cwd=ROOT, env=env, timeout=120)
     assert result.returncode == 2 and "without authentication" in result.stderr
+    # a password MLflow would reject is refused with the reason, before anything starts
+    env = start_env(
+        tmp_path / "state", port, free_port(), "x", MLFLOW_HOST="0.0.0.0", MLFLOW_AUTH_ADMIN_PASSWORD="short"
+    )
+    result = run(["bash", str(ROOT / "scripts" / "mlflow-server.sh")], cwd=ROOT, env=env, timeout=120)
+    assert result.returncode == 2 and "too short" in result.stderr and "12 characters" in result.stderr
+    assert not (tmp_path / "state").exists()
 
 
 def test_only_logged_in_clients_get_in(auth_server: Server, monkeypatch):
