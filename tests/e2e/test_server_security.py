@@ -103,7 +103,17 @@ def started(command: list[str], cwd: Path, env: dict[str, str], log: Path, sig: 
     port = int(env["MLFLOW_PORT"])
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as out:
-        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # SIGINT as at a terminal: a runner that starts the tests in the background (`cmd &` in a
+        # script) leaves SIGINT ignored, and a shell cannot trap a signal ignored when it started
+        proc = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     try:
         deadline = time.monotonic() + 240  # PostgreSQL, `mlflow db upgrade`, then MLflow, on two busy cores
         while time.monotonic() < deadline:
