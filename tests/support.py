@@ -266,3 +266,17 @@ def write_prepared(directory: Path, n: int = 400, *, dataset: str = "tiny", seed
         scaling="unit",
     )
     prepared.save(Path(directory), data)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def have_postgres() -> bool:
+    """PostgreSQL's server binaries are installed (Debian's postgresql; .ci/run installs it)."""
+    return any(Path(p).joinpath("initdb").exists() for p in Path("/usr/lib/postgresql").glob("*/bin"))

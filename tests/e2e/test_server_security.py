@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import BIN, ROOT, clean_env, kill_group, run
+from support import BIN, ROOT, clean_env, free_port, have_postgres, kill_group, run
 
 pytestmark = pytest.mark.slow
 
@@ -34,16 +34,6 @@ ADMIN = "admin"
 PASSWORD = secrets.token_urlsafe(18)  # this session's admin password; MLflow wants 12 characters or more
 MARKER = "MLFLOW_SERVER_TEST_ID"  # in the environment of every process a server of these tests starts
 STAMP = ".venv/.installed"  # `make -o STAMP server`: never reinstall the virtualenv from a test
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def have_postgres() -> bool:
-    return any(Path(p).joinpath("initdb").exists() for p in Path("/usr/lib/postgresql").glob("*/bin"))
 
 
 def accepts(port: int) -> bool:

@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -15,23 +14,25 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import BIN, ROOT, Lines, arg_value, clean_env, kill_group, stage_command, stage_outs, write_prepared
+from support import (
+    BIN,
+    ROOT,
+    Lines,
+    arg_value,
+    clean_env,
+    free_port,
+    have_postgres,
+    kill_group,
+    stage_command,
+    stage_outs,
+    write_prepared,
+)
 from test_pipeline_e2e import SEEDS, VARIANTS, changed_stages, dvc, make_repo, metrics_files, run_queued_grid
 
 pytestmark = pytest.mark.slow
 
 # the server runs with MLflow's basic-auth; clients log in with MLflow's standard variables
 CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(18)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def have_postgres() -> bool:
-    return any(Path(p).joinpath("initdb").exists() for p in Path("/usr/lib/postgresql").glob("*/bin"))
 
 
 @pytest.fixture(scope="module")
