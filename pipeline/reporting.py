@@ -207,10 +207,9 @@ def summarize(
     variants = list(dict.fromkeys(runs["variant"]))
     has_baseline = baseline in variants
     compared = [v for v in variants if v != baseline] if has_baseline else []
-    comparisons = {v: statistics.paired_comparison(*_paired(runs, v, baseline), confidence) for v in compared}
-    conditional = {
-        v: statistics.conditional_comparison(*_paired(runs, v, baseline), num_classes, confidence) for v in compared
-    }
+    pairs = {v: _paired(runs, v, baseline) for v in compared}  # (variant, baseline) accuracies by seed
+    comparisons = {v: statistics.paired_comparison(*pairs[v], confidence) for v in compared}
+    conditional = {v: statistics.conditional_comparison(*pairs[v], num_classes, confidence) for v in compared}
     adjusted = dict(zip(compared, statistics.holm([comparisons[v].p_value for v in compared]), strict=True))
     adjusted_trained = dict(zip(compared, statistics.holm([conditional[v].p_value for v in compared]), strict=True))
     # Holm leaves NaN p-values (fewer than 2 paired seeds) out of m; count the same comparisons here
@@ -236,7 +235,7 @@ def summarize(
         }
         if variant in comparisons:
             c, t = comparisons[variant], conditional[variant]
-            differences = np.subtract(*_paired(runs, variant, baseline))
+            differences = np.subtract(*pairs[variant])
             row |= {
                 "n_paired_seeds": c.n,
                 "diff_vs_baseline_mean": c.mean_difference,
@@ -543,7 +542,7 @@ def _collapsed_list(records: list[dict], num_classes: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _summary_metrics(summary: pd.DataFrame, records: list[dict], num_classes: int) -> dict[str, dict[str, Any]]:
+def _summary_metrics(summary: pd.DataFrame, records: list[dict]) -> dict[str, dict[str, Any]]:
     """reports/summary.json (the DVC metrics): per variant, what a user compares across experiments."""
     keys = (
         "test_accuracy_mean",
@@ -600,7 +599,7 @@ def build_report(outputs: Sequence[RunOutputs], data: Prepared, params: Params, 
             summary, title=f"{data.dataset}, {len(params.train.seeds)} seeds, {params.train.steps} steps"
         )
         + _collapsed_list(records, data.num_classes),
-        metrics=_summary_metrics(summary, records, data.num_classes),
+        metrics=_summary_metrics(summary, records),
         curves={"val_accuracy": curve_table(val_curves, "val_accuracy"), "loss": curve_table(loss_curves, "loss")},
     )
     run_trained = [trained[v, s] for v, s in zip(runs["variant"], runs["seed"], strict=True)]
