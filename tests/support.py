@@ -280,3 +280,23 @@ def free_port() -> int:
 def have_postgres() -> bool:
     """PostgreSQL's server binaries are installed (Debian's postgresql; .ci/run installs it)."""
     return any(Path(p).joinpath("initdb").exists() for p in Path("/usr/lib/postgresql").glob("*/bin"))
+
+
+def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    """Wait until the MLflow server at `url` answers /health; fail with its log when the process
+    `proc` that starts it exits first, or after `timeout` seconds (PostgreSQL, `mlflow db upgrade`,
+    then MLflow, on two busy cores)."""
+    import urllib.request
+
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the server stopped ({proc.returncode}):\n{Path(log).read_text()}"
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    pytest.fail("the MLflow server did not start:\n" + Path(log).read_text())

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import BIN, ROOT, clean_env, free_port, have_postgres, kill_group, run
+from support import BIN, ROOT, clean_env, free_port, have_postgres, kill_group, run, wait_for_server
 
 pytestmark = pytest.mark.slow
 
@@ -105,17 +105,7 @@ def started(command: list[str], cwd: Path, env: dict[str, str], log: Path, sig: 
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
-        deadline = time.monotonic() + 240  # PostgreSQL, `mlflow db upgrade`, then MLflow, on two busy cores
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"the server stopped ({proc.returncode}):\n{log.read_text()}"
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("the MLflow server did not start:\n" + log.read_text())
+        wait_for_server(url, proc, log)
         (line,) = [x for x in log.read_text().splitlines() if x.startswith("PostgreSQL on 127.0.0.1")]
         pgdata = Path(line.split("(data in ", 1)[1].split(")", 1)[0])
         state = Path(line.split("(artifacts in ", 1)[1].split(")", 1)[0]).parent

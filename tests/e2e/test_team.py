@@ -25,6 +25,7 @@ from support import (
     kill_group,
     stage_command,
     stage_outs,
+    wait_for_server,
     write_prepared,
 )
 from test_pipeline_e2e import SEEDS, VARIANTS, changed_stages, dvc, make_repo, metrics_files, run_queued_grid
@@ -63,17 +64,7 @@ def server():
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-            assert proc.poll() is None, (state / "server.log").read_text()
-        else:
-            pytest.fail("the MLflow server did not start:\n" + (state / "server.log").read_text())
+        wait_for_server(url, proc, state / "server.log")
         with pytest.raises(urllib.error.HTTPError, match="401"):  # no one gets in without logging in
             urllib.request.urlopen(url + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
         with pytest.MonkeyPatch.context() as patch:  # this process's MLflow clients log in too
