@@ -82,6 +82,17 @@ def metrics_record(run: dict[str, Any], evaluation: Evaluation, classes: Sequenc
     }
 
 
+def per_class_table(evaluation: Evaluation, classes: Sequence[str]) -> pd.DataFrame:
+    """One row per class: its name, test accuracy and number of test images."""
+    return pd.DataFrame(
+        {
+            "class": list(classes),
+            "test_accuracy": list(evaluation.per_class_accuracy),
+            "test_examples": evaluation.confusion.sum(axis=1).astype(int),
+        }
+    )
+
+
 def confusion_pairs(confusion: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
     """One (actual, predicted) row per test image, as `dvc plots`' confusion template reads them."""
     k = len(classes)

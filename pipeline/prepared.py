@@ -1,15 +1,18 @@
 """The prepared-data format: what the prepare stage writes and every later stage reads.
 
 A folder with one NumPy .npy file per array (x_train, y_train, x_valid, y_valid, x_test, y_test)
-and meta.json (dataset, classes, the raw files' SHA-256, the pixel scaling). Saved atomically (the folder appears
-whole or not at all); loaded memory-mapped with np.load(mmap_mode="r"), so a stage reads only the
-pages it uses straight from the page cache (evaluate: the test split), and no pickle is allowed.
+and meta.json (dataset, classes, the raw files' SHA-256, the pixel scaling, each split's SHA-256).
+Saved atomically (the folder appears whole or not at all); loaded memory-mapped with
+np.load(mmap_mode="r"), so a stage reads only the pages it uses straight from the page cache
+(evaluate: the test split), and no pickle is allowed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,8 @@ from pipeline.errors import DataError
 
 ARRAYS = ("x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test")
 META = "meta.json"
+# a split's name (as MLflow's datasets and the reports say it) and its arrays
+SPLITS = {"train": ("x_train", "y_train"), "validation": ("x_valid", "y_valid"), "test": ("x_test", "y_test")}
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class Prepared:
     dataset: str
     source_sha256: tuple[str, ...]
     scaling: str  # data.scaling the pixels were scaled with: "centered" or "unit"
+    # SHA-256 of each split's arrays as saved (images then labels): {"train": ..., "validation": ..., "test": ...}
+    split_sha256: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -43,6 +50,17 @@ class Prepared:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def split_sha256(data: Prepared) -> dict[str, str]:
+    """The SHA-256 of each split: its images' bytes then its labels' bytes, as saved (C order)."""
+    digests = {}
+    for split, names in SPLITS.items():
+        digest = hashlib.sha256()
+        for name in names:
+            digest.update(np.ascontiguousarray(getattr(data, name)).tobytes())
+        digests[split] = digest.hexdigest()
+    return digests
 
 
 def save(directory: Path, data: Prepared) -> None:
@@ -55,6 +73,7 @@ def save(directory: Path, data: Prepared) -> None:
             "classes": list(data.classes),
             "source_sha256": list(data.source_sha256),
             "scaling": data.scaling,
+            "split_sha256": split_sha256(data),
         }
         (scratch / META).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -81,6 +100,7 @@ def load(directory: Path) -> Prepared:
             dataset=str(meta["dataset"]),
             source_sha256=tuple(str(s) for s in meta["source_sha256"]),
             scaling=str(meta["scaling"]),
+            split_sha256={str(k): str(v) for k, v in meta["split_sha256"].items()},
         )
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise DataError(f"{directory} is not a prepared dataset ({exc}): rerun `dvc repro prepare`") from None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
@@ -20,6 +22,15 @@ from pipeline.errors import TrackingError
 from pipeline.paths import run_name  # noqa: F401  (a run's one name; re-exported for callers of tracking)
 
 EXPERIMENT_NAME = "deconvolution"
+# the compare stage's summary runs live in their own experiment, "<experiment>-reports": their
+# per-variant figures would otherwise fill every metric picker and chart of the training runs
+REPORTS_SUFFIX = "-reports"
+# registered models: "deconvolution-<variant>", the best seed of the latest compare under CHAMPION
+REGISTERED_PREFIX = "deconvolution-"
+CHAMPION = "champion"
+# the experiment type MLflow's UI reads: it opens this kind of experiment on its runs table, not on
+# the GenAI traces page a new experiment would otherwise land on
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 # dvc exp run --temp / --queue run the pipeline in a copy of the repo under this folder
@@ -80,8 +91,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def connect(root: Path | None = None) -> str:
-    """Point MLflow at the store and make sure the experiment exists; returns the experiment id."""
+def connect(root: Path | None = None, *, reports: bool = False) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns the experiment id.
+
+    `reports`: the experiment of the compare stage's summary runs ("<experiment>-reports").
+    """
     import mlflow
     from filelock import FileLock
     from mlflow.exceptions import MlflowException
@@ -90,7 +104,8 @@ def connect(root: Path | None = None) -> str:
     uri = tracking_uri(root)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)  # note: this also sets MLFLOW_TRACKING_URI in os.environ
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME)
+    _system_metrics_defaults()
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME) + (REPORTS_SUFFIX if reports else "")
     # parallel experiments (dvc queue start -j N) may open a new embedded store at the same moment:
     # one process creates its tables and the experiment, the others wait
     lock = FileLock(str(project_root(root) / f".{STORE_FILE}.lock")) if embedded else nullcontext()
@@ -101,14 +116,25 @@ def connect(root: Path | None = None) -> str:
                 # the embedded store keeps artifacts beside it, wherever DVC runs the stage
                 location = (project_root(root) / ARTIFACTS_DIR).as_uri() if embedded else None
                 try:
-                    return mlflow.create_experiment(name, artifact_location=location)
+                    return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
                 except MlflowException:
                     experiment = mlflow.get_experiment_by_name(name)  # created by another client meanwhile
                     if experiment is None:
                         raise
+            for key, value in EXPERIMENT_KIND.items():
+                if key not in experiment.tags:  # an experiment from an older version; a user's choice stays
+                    mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
             return experiment.experiment_id
     except MlflowException as exc:
         raise TrackingError(f"the MLflow store at {uri} cannot be used: {exc.message}") from None
+
+
+def _system_metrics_defaults() -> None:
+    """Opt-in system metrics (MLflow's own MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true): sampled every
+    second and sent at once, so runs of a few seconds get some; MLflow's default waits 10 s."""
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() in ("true", "1"):
+        os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+        os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -188,8 +214,24 @@ def _end_run_quietly(status: str) -> None:
         mlflow.end_run(status)
 
 
-def log_metrics(metrics: Mapping[str, float], attempts: int = 5) -> None:
-    """mlflow.log_metrics on the active run, retried at a later millisecond on a key collision.
+def finite(metrics: Mapping[str, float | None]) -> dict[str, float]:
+    """The metrics MLflow is given: NaN, inf and None are left out (a diverged run says so in its
+    `diverged_at_step` tag). A NaN at the step a model is logged at made `log_model` fail
+    (mlflow#26108: it re-logs the step's metrics for the model), and NaN metrics break the run page
+    of MLflow 3's UI (mlflow#16555)."""
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+
+
+def log_metrics(
+    metrics: Mapping[str, float | None],
+    *,
+    step: int | None = None,
+    model_id: str | None = None,
+    dataset: Any = None,
+    attempts: int = 5,
+) -> None:
+    """mlflow.log_metrics (finite values only) on the active run, optionally linked to a logged model
+    and a dataset, retried at a later millisecond on a key collision.
 
     Two experiments that re-evaluate the same trained run in parallel (a queued grid over
     `evaluate.*` params) log the same metric names to one run. The store's primary key for a logged
@@ -202,9 +244,10 @@ def log_metrics(metrics: Mapping[str, float], attempts: int = 5) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    values = finite(metrics)
     for attempt in range(attempts):
         try:
-            mlflow.log_metrics(dict(metrics), timestamp=int(time.time() * 1000))
+            mlflow.log_metrics(values, step=step, timestamp=int(time.time() * 1000), model_id=model_id, dataset=dataset)
             return
         except MlflowException as exc:
             if "unique constraint" not in str(exc).lower() or attempt == attempts - 1:
@@ -213,7 +256,8 @@ def log_metrics(metrics: Mapping[str, float], attempts: int = 5) -> None:
 
 
 def log_steps(metrics: Mapping[str, list[float]], steps: list[int], run_id: str) -> None:
-    """Log per-step series to a run in batches (one call per 1000 values), not one call per value."""
+    """Log per-step series to a run in batches (one call per 1000 values), not one call per value.
+    Non-finite values (a diverged run's last step) are left out, as in `finite`."""
     import time
 
     import mlflow
@@ -224,6 +268,8 @@ def log_steps(metrics: Mapping[str, list[float]], steps: list[int], run_id: str)
     batch: list[Metric] = []
     for key, values in metrics.items():
         for step, value in zip(steps, values, strict=True):
+            if not math.isfinite(value):
+                continue
             batch.append(Metric(key, float(value), now, int(step)))
             if len(batch) == 1000:
                 client.log_batch(run_id, metrics=batch)
@@ -303,20 +349,111 @@ class StepLogger:
         self.logged, self.val_logged = self._send(result, self.logged, self.val_logged, *lengths)
 
 
-def log_keras_model(model: Any, sample: Any) -> None:
-    """Log the model with its input/output signature (pip requirements given, not inferred: faster)."""
-    import keras
-    import mlflow
-    import tensorflow as tf
-    from mlflow.models import infer_signature
+def model_name(variant: str, seed: int) -> str:
+    """A logged model's name: `<variant>-seed<n>` (MLflow's model names take no '/')."""
+    return f"{variant}-seed{seed}"
 
-    signature = infer_signature(sample, model(sample, training=False).numpy())
-    mlflow.keras.log_model(
-        model,
-        name="model",
+
+def registered_name(variant: str) -> str:
+    """The registry's name for a variant's champion model."""
+    return f"{REGISTERED_PREFIX}{variant}"
+
+
+class _KerasFlavor:
+    """`mlflow.keras` as `Model.log` calls it (what `mlflow.keras.log_model` does), with mlflow#16183
+    worked around: its save_model writes the input example before it creates the model folder."""
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> None:
+        import mlflow.keras
+
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+
+def log_keras_model(
+    network: Any,
+    sample_pixels: Any,
+    *,
+    name: str,
+    scaling: str,
+    step: int = 0,
+    metadata: Mapping[str, Any] | None = None,
+) -> str:
+    """Log the trained network as users call it (pipeline.inference.classifier: raw pixels 0-255 in,
+    class probabilities out) with its signature and an input example of raw pixels. `step` is the
+    step whose metrics MLflow links to the model: the last trained step, not 0. Returns the model id.
+    (pip requirements given, not inferred: faster.)"""
+    import keras
+    import tensorflow as tf
+    from mlflow.models import Model, infer_signature
+
+    from pipeline.inference import classifier
+
+    keras.utils.disable_interactive_logging()  # MLflow checks the input example with a predict: no progress bar
+    model = classifier(network, scaling)
+    signature = infer_signature(sample_pixels, model(sample_pixels, training=False).numpy())
+    info = Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=_KerasFlavor,
+        flavor_name="mlflow.keras",
+        model=model,
         signature=signature,
+        input_example=sample_pixels,
+        step=step,
+        metadata={"data.scaling": scaling, **(metadata or {})},
         pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
     )
+    return info.model_id
+
+
+def logged_model_id(run_id: str) -> str | None:
+    """The id of the model a training run logged (its last, if it logged more than one)."""
+    import mlflow
+
+    outputs = mlflow.MlflowClient().get_run(run_id).outputs
+    models = outputs.model_outputs if outputs else []
+    return models[-1].model_id if models else None
+
+
+def dataset(data: Prepared, split: str) -> Any:
+    """One prepared split as an MLflow dataset: named `<dataset>-<split>`, its digest the split's
+    SHA-256 (the first 36 hex digits: MLflow's limit for a digest; the whole is an input tag)."""
+    import mlflow.data
+
+    from pipeline.paths import prepared_dir
+    from pipeline.prepared import SPLITS
+
+    x, y = (getattr(data, name) for name in SPLITS[split])
+    with warnings.catch_warnings():  # MLflow registers its local source class twice and says so
+        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways", category=UserWarning)
+        return mlflow.data.from_numpy(
+            x,
+            targets=y,
+            source=str(project_root() / prepared_dir(data.dataset)),
+            name=f"{data.dataset}-{split}",
+            digest=data.split_sha256[split][:36],
+        )
+
+
+# the context MLflow shows each split under
+DATASET_CONTEXT = {"train": "training", "validation": "validation", "test": "testing"}
+
+
+def log_dataset(data: Prepared, split: str, model_id: str | None = None) -> Any:
+    """Log a split as an input of the active run (and of a logged model); returns the dataset."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    logged = dataset(data, split)
+    mlflow.log_input(
+        logged,
+        context=DATASET_CONTEXT[split],
+        tags={"sha256": data.split_sha256[split]},
+        model=LoggedModelInput(model_id) if model_id else None,
+    )
+    return logged
 
 
 # --- the runs the stages log ------------------------------------------------------------------
@@ -333,32 +470,51 @@ TRAINING_METRICS = (
 )
 
 
+def final_step(record: Mapping[str, Any]) -> int:
+    """The step a trained model's metrics are logged at: its last training step (run.json `steps`)."""
+    return max(int(record["steps"]) - 1, 0)
+
+
 class TrainingRun:
     """The MLflow run of one train stage while it trains: per-step metrics in the background
     (`log_steps`, a training progress callback), then the record and the model (`finish`)."""
 
-    def __init__(self, run: Any, experiment_id: str, name: str) -> None:
+    def __init__(self, run: Any, experiment_id: str, variant: str, seed: int) -> None:
         self.run_id = run.info.run_id
         self.experiment_id = experiment_id
-        self.name = name
+        self.variant, self.seed = variant, seed
+        self.name = run_name(variant, seed)
         self.diverged = False
+        self.model_id: str | None = None
         self._steps = StepLogger()
 
     def log_steps(self, result: Any) -> None:
         self._steps.log(result)
 
-    def finish(self, model: Any, result: Any, record: Mapping[str, Any], model_dir: Path, sample: Any) -> None:
-        """Log what is left once the trained model and run.json are on disk; a failure here is a
-        TrackingError that says the results are safe."""
+    def finish(self, network: Any, result: Any, record: Mapping[str, Any], model_dir: Path, data: Prepared) -> None:
+        """Log what is left once the trained model and run.json are on disk: the run's last metrics
+        and the model, linked to them at the last step; a failure here is a TrackingError that says
+        the results are safe."""
         import mlflow
 
+        from pipeline.inference import pixels_from_scaled
+
+        step = final_step(record)
+        sample = data.x_valid[:2] if len(data.x_valid) else data.x_train[:2]
         try:
             self._steps.close(result)
-            log_metrics({k: v for k, v in record.items() if k in TRAINING_METRICS and v is not None})
+            log_metrics({k: record.get(k) for k in TRAINING_METRICS}, step=step)
             mlflow.log_artifact(str(model_dir / "spec.json"))
-            log_keras_model(model, sample)
             if result.diverged_at is not None:
                 mlflow.set_tag("diverged_at_step", result.diverged_at)
+            self.model_id = log_keras_model(
+                network,
+                pixels_from_scaled(sample, data.scaling),
+                name=model_name(self.variant, self.seed),
+                scaling=data.scaling,
+                step=step,
+                metadata={"variant": self.variant, "seed": self.seed, "classes": list(data.classes)},
+            )
         except Exception as exc:
             raise TrackingError(
                 f"{self.name}: training finished and its model and metrics are saved in {model_dir}, but logging"
@@ -382,11 +538,11 @@ def training_params(variant: str, seed: int, params: Params) -> dict[str, Any]:
 
 @contextmanager
 def training_run(experiment_id: str, variant: str, seed: int, params: Params, data: Prepared) -> Iterator[TrainingRun]:
-    """The MLflow run of train@<variant>-<seed>, named and tagged, with its params logged. It ends
-    FINISHED, or FAILED for a diverged run (and on an error), or KILLED on Ctrl-C."""
+    """The MLflow run of train@<variant>-<seed>, named and tagged, with its params and its training
+    and validation datasets logged. It ends FINISHED, or FAILED for a diverged run (and on an
+    error), or KILLED on Ctrl-C."""
     import mlflow
 
-    name = run_name(variant, seed)
     tags = run_tags(
         variant=variant,
         seed=seed,
@@ -394,34 +550,46 @@ def training_run(experiment_id: str, variant: str, seed: int, params: Params, da
         dataset=data.dataset,
         dataset_sha256=",".join(data.source_sha256),
     )
-    with tracked_run(experiment_id, name=name, tags=tags) as run:
+    with tracked_run(experiment_id, name=run_name(variant, seed), tags=tags) as run:
         mlflow.log_params(training_params(variant, seed, params))
-        training = TrainingRun(run, experiment_id, name)
+        for split in ("train", "validation"):
+            log_dataset(data, split)
+        training = TrainingRun(run, experiment_id, variant, seed)
         yield training
         if training.diverged:
             mlflow.end_run("FAILED")
 
 
-def log_evaluation(evaluation: Any, confusion_png: Path, *, batch_size: int) -> None:
-    """An evaluate stage's test metrics, per-class accuracies and confusion matrix, into the active run."""
+def log_evaluation(
+    evaluation: Any, record: Mapping[str, Any], data: Prepared, confusion_png: Path, per_class: Any, *, batch_size: int
+) -> None:
+    """An evaluate stage's results into the training run (active): the test split as a dataset of
+    the run and of its logged model, the test metrics linked to both at the model's step, and the
+    confusion matrix and per-class accuracies as artifacts (as metrics they were ten more rows in
+    every metric picker, between test_accuracy and train_seconds in the compare view)."""
     import mlflow
 
-    mlflow.log_artifact(str(confusion_png))
+    model_id = logged_model_id(record["run_id"])
+    test = log_dataset(data, "test", model_id)
     log_metrics(
         {
             "test_accuracy": evaluation.test_accuracy,
             "test_loss": evaluation.test_loss,
             "inference_images_per_second": evaluation.images_per_second,
-            **{f"test_accuracy.class_{i}": v for i, v in enumerate(evaluation.per_class_accuracy)},
-        }
+        },
+        step=final_step(record),
+        model_id=model_id,
+        dataset=test,
     )
+    mlflow.log_artifact(str(confusion_png))
+    mlflow.log_text(per_class.to_csv(index=False), "per_class_accuracy.csv")
     # a tag, not a param: re-evaluating the same trained run with another batch size must not conflict
     mlflow.set_tag("evaluate.batch_size", batch_size)
 
 
 def log_summary_run(experiment_id: str, params: Params, metrics: Mapping, reports: Path, run_ids: list[str]) -> str:
-    """The compare stage's `summary` run: the report as artifacts, its figures as metrics, and a
-    `summary_run_id` tag on every run it summarizes. Returns its run id."""
+    """The compare stage's `summary` run, in the reports experiment: the report as artifacts, its
+    figures as metrics, and a `summary_run_id` tag on every run it summarizes. Returns its run id."""
     import mlflow
 
     from pipeline.artifacts import json_safe
@@ -430,12 +598,83 @@ def log_summary_run(experiment_id: str, params: Params, metrics: Mapping, report
         mlflow.log_params(
             {"variants": ",".join(params.variants), "train.seeds": ",".join(map(str, params.train.seeds))}
         )
-        mlflow.log_metrics(
-            {f"{v}.{k}": x for v, m in json_safe(metrics).items() for k, x in m.items() if x is not None}
-        )
+        log_metrics(_flat_metrics(json_safe(metrics)))
         mlflow.log_artifacts(str(reports), artifact_path="reports")
         mlflow.set_tag("summary.runs", ",".join(run_ids))
         client = mlflow.MlflowClient()
         for run_id in run_ids:
             client.set_tag(run_id, "summary_run_id", run.info.run_id)
         return run.info.run_id
+
+
+def _flat_metrics(metrics: Mapping) -> dict[str, float]:
+    """{'baseline': {'test_accuracy': 0.9}} -> {'baseline.test_accuracy': 0.9}; numbers only."""
+    return {k: v for k, v in flatten("", metrics).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+
+def champion(records: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """A variant's best run by final *validation* accuracy (never test), among the runs that trained;
+    the lowest seed wins a tie. None when no run has a finite validation accuracy."""
+    candidates = [
+        r
+        for r in records
+        if r.get("diverged_at_step") is None and r.get("val_accuracy") is not None and math.isfinite(r["val_accuracy"])
+    ]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda r: (-r["val_accuracy"], r["seed"]))
+
+
+def register_champion(variant: str, record: Mapping[str, Any], dataset_name: str) -> Any:
+    """Register a variant's champion run's logged model as `deconvolution-<variant>` (a new version
+    only if this model has none yet) and point the `champion` alias at it. Returns the version."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    name = registered_name(variant)
+    model_id = logged_model_id(record["run_id"])
+    if model_id is None:
+        raise TrackingError(f"{run_name(variant, record['seed'])} has no logged model: rerun its train stage")
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+        existing = [v for v in versions if model_id in (v.model_id, v.source.removeprefix("models:/"))]
+    except MlflowException:
+        existing = []
+    if existing:
+        version = existing[0]
+    else:
+        training_tags = client.get_run(record["run_id"]).data.tags
+        version = mlflow.register_model(
+            f"models:/{model_id}",
+            name,
+            tags={
+                "variant": variant,
+                "seed": str(record["seed"]),
+                "val_accuracy": str(record["val_accuracy"]),
+                "dataset": dataset_name,
+                "git.commit": training_tags.get("git.commit", "unknown"),
+                "dvc.experiment": training_tags.get("dvc.experiment", "workspace"),
+            },
+        )
+        client.update_registered_model(
+            name, description=f"The {variant!r} variant: its best seed by validation accuracy, alias {CHAMPION!r}."
+        )
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    return version
+
+
+def register_champions(records: list[Mapping[str, Any]], params: Params) -> dict[str, str]:
+    """Register each variant's champion (see `champion`, `register_champion`); says what each got."""
+    said = {}
+    for variant in params.variants:
+        best = champion([r for r in records if r["variant"] == variant])
+        if best is None:
+            said[variant] = "no run trained; nothing registered"
+            continue
+        version = register_champion(variant, best, params.data.dataset)
+        said[variant] = f"version {version.version} ({run_name(variant, best['seed'])})"
+    return said

@@ -1,5 +1,6 @@
 """DVC stage compare: one table of every variant x seed run, a per-variant summary with paired tests,
-figures, and an MLflow summary run that points at the runs it summarizes."""
+figures, each variant's best seed registered as its champion, and an MLflow summary run (in the
+reports experiment) that points at the runs it summarizes."""
 
 from __future__ import annotations
 
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     trained = {v: artifacts.load_model(paths.model_dir(v, seeds[0], args.models)) for v in upsampling}
     report = reporting.build_report(outputs, prepared.load(args.data), params, trained)
     artifacts.write_report(args.out, report)
-    tracking.log_summary_run(tracking.connect(), params, report.metrics, args.out, list(report.runs["run_id"]))
+    tracking.connect()
+    for variant, line in tracking.register_champions([o.record for o in outputs], params).items():
+        print(f"{tracking.registered_name(variant)}@{tracking.CHAMPION}: {line}", file=sys.stderr)
+    reports = tracking.connect(reports=True)
+    tracking.log_summary_run(reports, params, report.metrics, args.out, list(report.runs["run_id"]))
     print(report.markdown, file=sys.stderr)
 
 

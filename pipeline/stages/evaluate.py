@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
                 result.confusion, data.classes, f"{name}: test accuracy {result.test_accuracy:.2%}"
             ),
         )
-        tracking.log_evaluation(result, plots / "confusion.png", batch_size=batch_size)
+        per_class = evaluation.per_class_table(result, data.classes)
+        tracking.log_evaluation(result, run, data, plots / "confusion.png", per_class, batch_size=batch_size)
     print(
         f"{name}: test_accuracy {result.test_accuracy:.4f}  test_loss {result.test_loss:.4f}"
         f"  ({result.images_per_second:,.0f} images/s at batch {batch_size})",

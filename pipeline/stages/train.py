@@ -39,15 +39,14 @@ def main(argv: list[str] | None = None) -> None:
             "run_id": run.run_id,
             "experiment_id": run.experiment_id,
             **training.run_record(result, config, spec, layers),
+            "data_scaling": data.scaling,  # what `python -m pipeline predict` scales a file's pixels with
             "peak_memory_mb": stage_peak_memory_mb(),
         }
         # the trained model and its metrics reach the disk before anything else can fail
         artifacts.write_trained(
             model_dir, trainer.model, result, spec={"variant": args.variant, **spec.model_dump()}, run=record
         )
-        run.finish(
-            trainer.model, result, record, model_dir, sample=data.x_valid[:2] if len(data.x_valid) else data.x_train[:2]
-        )
+        run.finish(trainer.model, result, record, model_dir, data)
     print(
         f"{name}: trained {result.steps_done} steps in {result.train_seconds:.1f}s"
         f" ({record['train_images_per_second']:,.0f} images/s), val_accuracy {record['val_accuracy']}",

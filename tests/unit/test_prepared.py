@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,15 @@ def test_load_returns_what_save_wrote_memory_mapped(tmp_path: Path, n_valid: int
         "centered",
     )
     assert loaded.input_shape == (28, 28, 1) and loaded.num_classes == 4
+    # each split's SHA-256 is of its images' then its labels' bytes, as MLflow's dataset digests show it
+    for split, (x, y) in {
+        "train": ("x_train", "y_train"),
+        "validation": ("x_valid", "y_valid"),
+        "test": ("x_test", "y_test"),
+    }.items():
+        expected_digest = hashlib.sha256(getattr(data, x).tobytes() + getattr(data, y).tobytes()).hexdigest()
+        assert loaded.split_sha256[split] == expected_digest, split
+    assert loaded.split_sha256["train"] != loaded.split_sha256["test"]
     assert isinstance(loaded.x_train, np.memmap) and not loaded.x_train.flags.writeable  # mapped, read-only
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fashion_mnist"]  # no scratch folder left
 

@@ -78,7 +78,7 @@ def test_metrics_logged_twice_in_one_millisecond_to_a_run_with_a_model_do_not_fa
     model = build_model(spec, (28, 28, 1), 10)
     frozen = 1_700_000_000_000
     with mlflow.start_run() as run:
-        tracking.log_keras_model(model, np.zeros((2, 28, 28, 1), np.float32))
+        tracking.log_keras_model(model, np.zeros((2, 28, 28, 1), np.float32), name="m", scaling="unit")
         mlflow.log_metrics({"test_accuracy": 0.5}, timestamp=frozen)
         with pytest.raises(MlflowException, match="(?i)unique constraint"):  # what MLflow does on its own
             mlflow.log_metrics({"test_accuracy": 0.6}, timestamp=frozen)

@@ -1,0 +1,41 @@
+"""A trained network as users call it: raw pixels in, class probabilities out.
+
+The logged MLflow model (and so `mlflow models serve` and `python -m pipeline predict`) is the
+trained network wrapped with the pixel scaling it was trained with in front and a softmax behind.
+It takes float32 images N x 28 x 28 x 1 with pixel values 0-255, as they come from a file; nobody
+has to know `data.scaling` to use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+# data.scaling as a Keras Rescaling layer: x * scale + offset, the same map as preparation.scale_pixels
+_RESCALING = {"centered": (1.0 / 255.0, -0.5), "unit": (1.0 / 255.0, 0.0)}
+
+
+def classifier(network: Any, scaling: str, name: str = "classifier") -> Any:
+    """The trained network (logits) with the pixel scaling in front and a softmax behind.
+
+    The weights are the network's own (shared, not copied). Its input is raw pixels 0-255 as float32.
+    """
+    import keras
+
+    if scaling not in _RESCALING:
+        raise ConfigError(f"data.scaling must be one of {sorted(_RESCALING)}, got {scaling!r}")
+    scale, offset = _RESCALING[scaling]
+    inputs = keras.Input(shape=tuple(network.input_shape[1:]), dtype="float32", name="pixels")
+    scaled = keras.layers.Rescaling(scale, offset=offset, name=f"scaling_{scaling}")(inputs)
+    probabilities = keras.layers.Softmax(name="probabilities")(network(scaled, training=False))
+    return keras.Model(inputs, probabilities, name=name)
+
+
+def pixels_from_scaled(scaled: Any, scaling: str) -> Any:
+    """The raw pixels (float32, 0-255) that `data.scaling` turned into `scaled`: the inverse map,
+    rounded. For an input example of the logged model, which takes raw pixels."""
+    import numpy as np
+
+    scale, offset = _RESCALING[scaling]
+    return np.clip(np.rint((np.asarray(scaled, np.float32) - offset) / scale), 0, 255).astype(np.float32)
