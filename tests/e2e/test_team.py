@@ -111,15 +111,25 @@ def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path:
         filter_string=f"source_run_id = '{run.info.run_id}'",
         output_format="list",
     )
+    assert logged.name == "transposed-seed1"
+    assert {d.dataset.name for d in client.get_run(run.info.run_id).inputs.dataset_inputs} == {
+        "tiny-train",
+        "tiny-validation",
+        "tiny-test",
+    }
     model = mlflow.keras.load_model(f"models:/{logged.model_id}")
     import numpy as np
 
     assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
+    # the registry works through the server too
+    champion = mlflow.keras.load_model("models:/deconvolution-baseline@champion")
+    assert champion(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
 
     # a grid of queued experiments run by two workers lands on the shared server too
     status = run_queued_grid(repo, "grid", MLFLOW_TRACKING_URI=server, **CREDENTIALS)
     assert status.count("Success") == 2, status
-    summaries = client.search_runs([experiment.experiment_id], filter_string="tags.summary = 'true'")
+    reports = client.get_experiment_by_name("deconvolution-reports")
+    summaries = client.search_runs([reports.experiment_id], filter_string="tags.summary = 'true'")
     assert {r.data.tags.get("dvc.experiment") for r in summaries} >= {"grid-41", "grid-43"}
     assert {"grid-41", "grid-43"} <= set(dvc(repo, "exp", "show", "--csv").stdout.replace(",", " ").split())
     assert not (repo / "mlflow.db").exists()

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch) -> str:
-    """A fresh SQLite store; returns the training experiment's id."""
+    """A fresh SQLite store; returns the training experiment's id. (Artifacts go to ./mlruns of the
+    working folder with a store given by MLFLOW_TRACKING_URI: tmp_path here.)"""
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
@@ -216,6 +218,7 @@ def test_the_experiment_opens_on_its_runs_and_summaries_go_to_the_reports_experi
 
 
 def test_system_metrics_are_opt_in_and_sampled_every_second(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     for key in ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING"):

@@ -74,6 +74,7 @@ def test_metrics_logged_twice_in_one_millisecond_to_a_run_with_a_model_do_not_fa
     from pipeline.models import build_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # the default experiment keeps artifacts in ./mlruns
     spec = Variant.model_validate({"layers": [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": None}]})
     model = build_model(spec, (28, 28, 1), 10)
     frozen = 1_700_000_000_000
