@@ -3,4 +3,4 @@
 from pipeline.runtime.launcher import main
 
 if __name__ == "__main__":
-    main("pipeline.stages", ("fetch", "prepare", "train", "evaluate", "compare"))
+    main("pipeline.stages", ("fetch", "prepare", "train", "evaluate", "compare", "predict"))

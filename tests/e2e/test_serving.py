@@ -1,0 +1,167 @@
+"""The champion served by `mlflow models serve` answers what `python -m pipeline predict` answers, and
+what a learned model should: the request formats a user can send, checked against a live server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_store import NAME, learnable_images, log_champion, tracking_store, train_network
+from PIL import Image
+from support import BIN, ROOT, SHARED, clean_env, free_port, kill_group, run
+
+from pipeline.datasets import read_idx, write_idx
+
+pytestmark = pytest.mark.slow
+
+SCALING = "unit"  # the predict tests use "centered": between them both scalings are served end to end
+N_HELD_OUT = 200
+REAL_MNIST = SHARED / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
+
+
+def wait_for_ping(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    """Wait until the scoring server answers GET /ping; fail with its log if it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"mlflow models serve stopped ({proc.returncode}):\n{log.read_text()}"
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"mlflow models serve did not answer /ping within {timeout} s:\n{log.read_text()}")
+
+
+def invoke(url: str, body: dict) -> tuple[int, dict]:
+    """POST a JSON body to /invocations; (HTTP status, the JSON answer)."""
+    request = urllib.request.Request(
+        url + "/invocations", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def predict_cli(model: str, *files: Path, env: dict, cwd: Path) -> list[dict[str, str]]:
+    """The rows `python -m pipeline predict` writes for these files."""
+    result = run(
+        [sys.executable, "-m", "pipeline", "predict", "--model", model, *map(str, files)],
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A learned classifier registered as the champion in a temporary store, served on a free port."""
+    from pipeline.inference import classifier
+
+    root = tmp_path_factory.mktemp("serving")
+    model = classifier(train_network(SCALING), SCALING)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with tracking_store(uri):
+        log_champion(model, root / "mlartifacts", SCALING)
+    images, labels = learnable_images(N_HELD_OUT, np.random.default_rng(2024))  # not the training images
+    env = clean_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=uri)
+    port = free_port()
+    log = root / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [BIN / "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local"]
+            + ["-h", "127.0.0.1", "-p", str(port)],
+            cwd=root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # uvicorn and its workers: one process group, killed together
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_ping(url, proc, log)
+        yield {"url": url, "root": root, "env": env, "model": model, "images": images, "labels": labels}
+    finally:
+        kill_group(proc)
+
+
+def test_the_model_has_learned(served):
+    probabilities = served["model"].predict(served["images"][..., np.newaxis].astype(np.float32), verbose=0)
+    assert (probabilities.argmax(axis=1) == served["labels"]).mean() > 0.9
+
+
+def test_served_predictions_are_those_of_predict_and_right(served, tmp_path):
+    images, labels = served["images"], served["labels"]
+    status, answer = invoke(served["url"], {"inputs": (images[..., np.newaxis] / 1.0).tolist()})  # floats
+    assert status == 200, answer
+    probabilities = np.asarray(answer["predictions"])
+    assert probabilities.shape == (N_HELD_OUT, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    served_classes = probabilities.argmax(axis=1)
+    assert (served_classes == labels).mean() > 0.9
+
+    write_idx(tmp_path / "held-out-images-idx3-ubyte.gz", images)
+    rows = predict_cli(
+        f"models:/{NAME}@champion", tmp_path / "held-out-images-idx3-ubyte.gz", env=served["env"], cwd=tmp_path
+    )
+    assert [int(r["predicted_class"]) for r in rows] == served_classes.tolist()
+    np.testing.assert_allclose([float(r["probability"]) for r in rows], probabilities.max(axis=1), atol=2e-6)
+
+
+def test_the_request_formats_the_server_takes(served):
+    """Raw integer pixels 0-255 are enough (the float32 signature casts them); the channel axis is
+    required; `instances` works as well as `inputs`."""
+    images = served["images"][:8]
+    _, floats = invoke(served["url"], {"inputs": images[..., np.newaxis].astype(float).tolist()})
+    expected = np.asarray(floats["predictions"])
+
+    status, ints = invoke(served["url"], {"inputs": images[..., np.newaxis].tolist()})  # [[[[0], [37], ...]]]
+    assert status == 200, ints
+    np.testing.assert_allclose(np.asarray(ints["predictions"]), expected, rtol=1e-6)
+
+    status, instances = invoke(served["url"], {"instances": images[..., np.newaxis].tolist()})
+    assert status == 200, instances
+    np.testing.assert_allclose(np.asarray(instances["predictions"]), expected, rtol=1e-6)
+
+    status, flat = invoke(served["url"], {"inputs": images.tolist()})  # N x 28 x 28: no channel axis
+    assert status == 400
+    assert "Shape of input (8, 28, 28) does not match expected shape (-1, 28, 28, 1)" in flat["message"]
+
+
+@pytest.mark.skipif(not REAL_MNIST.is_file(), reason=f"no real MNIST test images at {REAL_MNIST}")
+def test_real_mnist_images_as_png_files(served, tmp_path):
+    """Real digits saved as PNG files give predict the same answers as the IDX file they came from,
+    and the server agrees (the model learned bars, not digits: agreement is what is checked)."""
+    digits = read_idx(REAL_MNIST)[:5]
+    files = []
+    for i, digit in enumerate(digits):
+        Image.fromarray(digit).save(tmp_path / f"mnist-{i}.png")
+        files.append(tmp_path / f"mnist-{i}.png")
+    rows = predict_cli(f"models:/{NAME}@champion", *files, REAL_MNIST, env=served["env"], cwd=tmp_path)
+    pngs, idx = rows[:5], rows[5:]
+    assert [r["source"] for r in pngs] == [str(f) for f in files]
+    assert [r["index"] for r in pngs] == ["0"] * 5
+    assert len(idx) == 10_000 and {r["source"] for r in idx} == {str(REAL_MNIST)}
+    assert [r["index"] for r in idx[:5]] == ["0", "1", "2", "3", "4"]
+    assert [r["predicted_class"] for r in pngs] == [r["predicted_class"] for r in idx[:5]]
+    np.testing.assert_allclose(  # the same pixels; only the batch differs (float rounding in the last digit)
+        [float(r["probability"]) for r in pngs], [float(r["probability"]) for r in idx[:5]], atol=2e-6
+    )
+    assert {int(r["predicted_class"]) for r in idx} <= set(range(10))
+
+    status, answer = invoke(served["url"], {"inputs": digits[..., np.newaxis].tolist()})
+    assert status == 200, answer
+    assert [int(r["predicted_class"]) for r in pngs] == np.asarray(answer["predictions"]).argmax(axis=1).tolist()
