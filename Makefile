@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test test-fast lint bench bench-pipeline ui server
+.PHONY: setup run test test-fast lint bench bench-pipeline ui ui-check server
 
 setup: $(STAMP)
 
@@ -34,8 +34,13 @@ bench: setup  ## training speed: ours vs plain Keras model.fit; writes reports/b
 bench-pipeline: setup  ## pipeline overhead: a forced `dvc repro` against the training it runs; reports/pipeline_benchmark.json
 	$(BIN)/python -m benchmarks.bench_pipeline
 
-ui: setup  ## the MLflow UI on the project's embedded store
+ui: setup  ## the MLflow UI on the project's embedded store; prints the link that opens the training runs
+	@MLFLOW_TRACKING_URI= $(BIN)/python -c "from pipeline.tracking import experiment_url; \
+	print('open', experiment_url('http://127.0.0.1:$${MLFLOW_PORT:-5000}'))" 2>/dev/null || true
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
+
+ui-check: setup  ## the real-browser check of the MLflow UI and its screenshots (Debian chromium, chromium-driver): docs/ui.md
+	$(BIN)/python scripts/ui_check.py --project . --out ui-check
 
 server: setup  ## team tracking server: MLflow on PostgreSQL, proxied artifacts, 127.0.0.1:$${MLFLOW_PORT:-5000}; a login (MLFLOW_AUTH_ADMIN_PASSWORD) is required on any other MLFLOW_HOST, see docs/team.md
 	scripts/mlflow-server.sh

@@ -137,6 +137,25 @@ def _system_metrics_defaults() -> None:
         os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
 
 
+def experiment_url(ui: str, root: Path | None = None) -> str:
+    """The link that opens the experiment's runs table in the MLflow UI at `ui`.
+
+    MLflow 3.17's UI picks its pages (GenAI or model training) from the link's `workflowType`, else
+    from what the browser last chose, else GenAI: a plain experiment link opens an empty traces
+    page in a new browser, whatever the experiment's kind tag says (docs/ui.md).
+    """
+    import mlflow
+
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return ui  # no store yet: nothing to link to (and opening it would create one)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME))
+    if experiment is None:
+        return ui
+    return f"{ui.rstrip('/')}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+
+
 def git_commit(cwd: Path | None = None) -> str:
     try:
         out = subprocess.run(

@@ -234,3 +234,15 @@ def test_system_metrics_are_opt_in_and_sampled_every_second(tmp_path: Path, monk
     assert not [k for k in mlflow.get_run(off.info.run_id).data.metrics if k.startswith("system/")]
     history = mlflow.MlflowClient().get_metric_history(on.info.run_id, "system/cpu_utilization_percentage")
     assert len(history) >= 1  # with MLflow's defaults (10 s), a 2.5 s run would get none
+
+
+def test_the_ui_link_opens_the_training_runs_and_no_store_is_created_for_it(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking.experiment_url("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert not (tmp_path / "mlflow.db").exists()
+    experiment_id = tracking.connect()
+    url = tracking.experiment_url("http://127.0.0.1:5000/")
+    assert url == f"http://127.0.0.1:5000/#/experiments/{experiment_id}?workflowType=machine_learning"
