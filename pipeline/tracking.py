@@ -460,18 +460,13 @@ def dataset(data: Prepared, split: str) -> Any:
 DATASET_CONTEXT = {"train": "training", "validation": "validation", "test": "testing"}
 
 
-def log_dataset(data: Prepared, split: str, model_id: str | None = None) -> Any:
-    """Log a split as an input of the active run (and of a logged model); returns the dataset."""
+def log_dataset(data: Prepared, split: str) -> Any:
+    """Log a split as an input of the active run; returns the dataset (metrics computed on it name
+    it, so the logged model's page lists it under "Datasets used")."""
     import mlflow
-    from mlflow.entities import LoggedModelInput
 
     logged = dataset(data, split)
-    mlflow.log_input(
-        logged,
-        context=DATASET_CONTEXT[split],
-        tags={"sha256": data.split_sha256[split]},
-        model=LoggedModelInput(model_id) if model_id else None,
-    )
+    mlflow.log_input(logged, context=DATASET_CONTEXT[split], tags={"sha256": data.split_sha256[split]})
     return logged
 
 
@@ -589,7 +584,7 @@ def log_evaluation(
     import mlflow
 
     model_id = logged_model_id(record["run_id"])
-    test = log_dataset(data, "test", model_id)
+    test = log_dataset(data, "test")
     log_metrics(
         {
             "test_accuracy": evaluation.test_accuracy,

@@ -132,6 +132,9 @@ def test_runs_show_their_datasets_with_the_splits_sha256_and_test_metrics_link_t
     with tracking.tracked_run(store, run_id=run_id):
         tracking.log_evaluation(evaluation, record, data, png, per_class_table(evaluation, data.classes), batch_size=7)
     run = mlflow.get_run(run_id)
+    # the run's model is its output (at the last step), never one of its inputs
+    assert [(m.model_id, m.step) for m in run.outputs.model_outputs] == [(model_id, 4)]
+    assert not run.inputs.model_inputs
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"tiny-train", "tiny-validation", "tiny-test"}
     for split in ("train", "validation", "test"):
