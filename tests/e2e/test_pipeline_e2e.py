@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -88,12 +89,14 @@ def changed_stages(repo: Path) -> set[str]:
     return set(json.loads(dvc(repo, "status", "--json").stdout))
 
 
-def mlflow_runs(repo: Path):
+def mlflow_runs(repo: Path, experiment_name: str = "deconvolution"):
+    """An experiment of the project's store and its runs (the training runs by default; the compare
+    stage's summaries are in "deconvolution-reports")."""
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    experiment = mlflow.get_experiment_by_name("deconvolution")
-    assert experiment is not None, "no MLflow experiment in the project's store"
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    assert experiment is not None, f"no MLflow experiment {experiment_name} in the project's store"
     return experiment, mlflow.search_runs([experiment.experiment_id], output_format="list")
 
 
@@ -133,11 +136,27 @@ def test_every_variant_and_seed_has_a_finished_run_with_params_metrics_and_model
             output_format="list",
         )
         assert len(models) == 1
+        assert models[0].name == f"{variant}-seed{seed}"
         info = mlflow.models.get_model_info(f"models:/{models[0].model_id}")
         assert info.signature is not None
         assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 28, 28, 1)
+        assert info.saved_input_example_info is not None
+        # linked to the last step's metrics (step 40 of 0..40), not to the untrained step 0
+        linked = {m.key: m for m in models[0].metrics}
+        assert linked["val_accuracy"].step == 40
+        assert linked["val_accuracy"].value == val[-1].value
         # the store's artifacts live beside it in the project, not in the stage's working folder
         assert models[0].artifact_location.startswith((repo / "mlartifacts").as_uri())
+        datasets = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+        assert set(datasets) == {"tiny-train", "tiny-validation", "tiny-test"}
+        meta = json.loads((repo / "data" / "prepared" / "tiny" / "meta.json").read_text())
+        assert datasets["tiny-test"].digest == meta["split_sha256"]["test"][:36]
+    # the compare stage's summary runs are in their own experiment, out of the training runs' pickers
+    assert not [r for r in runs if r.data.tags.get("summary") == "true"]
+    reports = mlflow.get_experiment_by_name("deconvolution-reports")
+    summaries = mlflow.search_runs([reports.experiment_id], output_format="list")
+    assert [r.info.run_name for r in summaries] == ["summary"]
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def metrics_files(repo: Path) -> dict[str, Path]:
@@ -184,7 +203,17 @@ def test_every_run_learns_and_mlflow_holds_the_metrics_files_values(repo: Path):
         assert logged["test_accuracy"] == accuracy
         assert logged["test_loss"] == loss
         assert logged["inference_images_per_second"] == metrics["inference_images_per_second"]
-        assert [logged[f"test_accuracy.class_{i}"] for i in range(10)] == per_class
+        table = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/per_class_accuracy.csv")))
+        assert list(table.test_accuracy) == per_class
+        assert list(table.test_examples) == list(class_counts)
+        # the logged model carries the test metrics, linked to the test dataset
+        (model,) = mlflow.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run.info.run_id}'",
+            output_format="list",
+        )
+        test_accuracy = next(m for m in model.metrics if m.key == "test_accuracy")
+        assert (test_accuracy.value, test_accuracy.dataset_name) == (accuracy, "tiny-test")
         val = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")
         assert max(m.value for m in val) > 0.9, f"{name}: validation accuracy {[m.value for m in val]}"
 
@@ -202,6 +231,40 @@ def test_comparison_has_one_row_per_run_and_summary_per_variant(repo: Path):
     assert summary.loc[1, "trainable_params"] == 810_362
     for figure in ("accuracy_vs_time", "learning_curves_val_accuracy", "confusion_matrices", "feature_maps_transposed"):
         assert (repo / "reports" / "figures" / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def champions(repo: Path) -> dict[str, tuple[str, list[str]]]:
+    """Per registered model: the run id its champion version came from, and all its versions."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    out = {}
+    for variant in VARIANTS:
+        name = f"deconvolution-{variant}"
+        champion = client.get_model_version_by_alias(name, "champion")
+        model = mlflow.get_logged_model(champion.source.removeprefix("models:/"))
+        out[variant] = (
+            model.source_run_id,
+            sorted(str(v.version) for v in client.search_model_versions(f"name = '{name}'")),
+        )
+    return out
+
+
+def test_each_variants_best_seed_by_validation_is_registered_as_champion(repo: Path):
+    import mlflow
+
+    registered = champions(repo)
+    for variant in VARIANTS:
+        records = [json.loads((repo / "models" / variant / f"seed-{s}" / "run.json").read_text()) for s in SEEDS]
+        best = max(records, key=lambda r: (r["val_accuracy"], -r["seed"]))  # validation, never test
+        run_id, versions = registered[variant]
+        assert run_id == best["run_id"]
+        assert versions == ["1"]
+        version = mlflow.MlflowClient().get_model_version_by_alias(f"deconvolution-{variant}", "champion")
+        assert version.tags["git.commit"] == head(repo)
+        assert version.tags["dataset"] == "tiny"
+        assert version.tags["dvc.experiment"] == "workspace"
 
 
 def test_second_repro_does_nothing_and_a_variant_edit_reruns_only_that_variant(repo: Path):
@@ -233,12 +296,18 @@ def test_second_repro_does_nothing_and_a_variant_edit_reruns_only_that_variant(r
     )
     assert len(pd.read_csv(repo / "reports" / "comparison.csv")) == 3 * len(SEEDS)
     assert changed_stages(repo) == set()
+    # the registry: an unchanged model keeps its version, a retrained one gets a new version and the alias
+    registered = champions(repo)
+    assert registered["baseline"][1] == ["1"]
+    assert registered["transposed"][1] == ["1", "2"]
+    assert registered["transposed"][0] in {after[f"transposed/seed-{s}"].info.run_id for s in SEEDS}
 
 
 def test_dvc_exp_run_in_a_temporary_copy_lands_in_the_workspace_store(repo: Path):
-    before = {r.info.run_id for r in mlflow_runs(repo)[1]}
+    before = {r.info.run_id for name in ("deconvolution", "deconvolution-reports") for r in mlflow_runs(repo, name)[1]}
     dvc(repo, "exp", "run", "--temp", "--name", "eval-batch-50", "-S", "evaluate.batch_size=50")
-    new = [r for r in mlflow_runs(repo)[1] if r.info.run_id not in before]
+    assert not [r for r in mlflow_runs(repo)[1] if r.info.run_id not in before]  # no training run
+    new = [r for r in mlflow_runs(repo, "deconvolution-reports")[1] if r.info.run_id not in before]
     assert [r.info.run_name for r in new] == ["summary"]
     assert new[0].data.tags["dvc.experiment"] == "eval-batch-50"
     # the evaluations were logged into the existing runs of the workspace store
@@ -268,11 +337,11 @@ def run_queued_grid(repo: Path, prefix: str, **extra_env: str) -> str:
 
 
 def test_parallel_queued_experiments_all_land_in_the_embedded_store(repo: Path):
-    before = {r.info.run_id for r in mlflow_runs(repo)[1]}
+    before = {r.info.run_id for r in mlflow_runs(repo, "deconvolution-reports")[1]}
     status = run_queued_grid(repo, "eval")
     assert "Failed" not in status, status + dvc(repo, "queue", "logs", "eval-41").stdout
     assert status.count("Success") >= 2, status
-    new = [r for r in mlflow_runs(repo)[1] if r.info.run_id not in before]
+    new = [r for r in mlflow_runs(repo, "deconvolution-reports")[1] if r.info.run_id not in before]
     assert sorted(r.data.tags.get("dvc.experiment") for r in new) == ["eval-41", "eval-43"]
     assert all(r.info.status == "FINISHED" for r in new)
     for name in ("eval-41", "eval-43"):
@@ -309,3 +378,61 @@ def test_kill_9_mid_training_leaves_nothing_dvc_trusts_and_the_rerun_succeeds(re
     assert (repo / "models" / "baseline" / "seed-1" / "model.keras").exists()
     assert not list((repo / "models" / "baseline").glob(".seed-1.partial-*"))
     assert "train@baseline-1" not in changed_stages(repo)
+
+
+SUMMARY_KEYS = {"acc", "vs_baseline", "trained_share", "train_seconds"}
+
+
+def exp_show(repo: Path) -> dict[str, dict]:
+    """`dvc exp show --json`, each row's data (params, metrics, ...) by its name: `workspace`, the
+    commit's branch, each experiment's name."""
+    rows = {}
+    for commit in json.loads(dvc(repo, "exp", "show", "--json").stdout):
+        rows[commit["name"] or commit["rev"]] = commit["data"]
+        for experiment in commit.get("experiments") or []:
+            for rev in experiment["revs"]:
+                rows[rev["name"] or rev["rev"]] = rev["data"]
+    return rows
+
+
+def test_dvc_compares_experiments_by_the_summary_per_variant_only(repo: Path):
+    """The experiments the tests above ran (eval-batch-50, eval-41, eval-43; run alone, one) and the
+    workspace: the only DVC metrics are reports/summary.json's few numbers per variant, no per-seed file."""
+    rows = exp_show(repo)
+    if "eval-batch-50" not in rows:  # this test alone (-k): the experiment of the --temp test above
+        dvc(repo, "exp", "run", "--temp", "--name", "eval-batch-50", "-S", "evaluate.batch_size=50")
+        rows = exp_show(repo)
+    experiments = [name for name in ("eval-batch-50", "eval-41", "eval-43") if name in rows]
+    for name, data in rows.items():
+        files = set(data.get("metrics") or {})
+        assert not [f for f in files if f.startswith("metrics/")], f"{name}: per-seed metrics {sorted(files)}"
+        assert files <= {"reports/summary.json"}, f"{name}: {sorted(files)}"
+    table = pd.read_csv(repo / "reports" / "summary.csv").set_index("variant")
+    variants = list(table.index)  # resize_conv too after the variant edit above; the experiments' as well
+    for name in ["workspace", *experiments]:
+        summary = rows[name]["metrics"]["reports/summary.json"]["data"]
+        assert list(summary) == variants, name
+        for variant, values in summary.items():
+            # the baseline's difference from itself is null in summary.json, which DVC leaves out
+            assert set(values) == SUMMARY_KEYS - ({"vs_baseline"} if variant == "baseline" else set()), name
+            assert 0.0 <= values["acc"] <= 1.0 and 0.0 <= values["trained_share"] <= 1.0
+            assert values["train_seconds"] > 0
+    assert rows["eval-batch-50"]["params"]["params.yaml"]["data"]["evaluate"]["batch_size"] == 50
+
+    # the workspace's numbers are summary.csv's means
+    for variant, values in rows["workspace"]["metrics"]["reports/summary.json"]["data"].items():
+        expected = table.loc[variant]
+        assert values["acc"] == pytest.approx(expected["test_accuracy_mean"], rel=1e-12)
+        assert values["trained_share"] == pytest.approx(expected["trained_share"], rel=1e-12)
+        assert values["train_seconds"] == pytest.approx(expected["train_seconds_mean"], rel=1e-12)
+        if variant != "baseline":
+            assert values["vs_baseline"] == pytest.approx(expected["diff_vs_baseline_mean"], abs=1e-12)
+
+    # `dvc metrics diff <experiment>` (against the workspace) lists those keys, and nothing per seed
+    diff = json.loads(dvc(repo, "metrics", "diff", "eval-batch-50", "--all", "--json").stdout)
+    assert list(diff) == ["reports/summary.json"]
+    expected_keys = {f"{v}.{k}" for v in variants for k in SUMMARY_KEYS} - {"baseline.vs_baseline"}
+    assert set(diff["reports/summary.json"]) == expected_keys
+    text = dvc(repo, "metrics", "diff", "eval-batch-50", "--all").stdout
+    assert "transposed.acc" in text and f"{variants[-1]}.trained_share" in text
+    assert "metrics/" not in text and "seed" not in text

@@ -126,9 +126,12 @@ def test_paths_in_dvc_yaml_are_the_layout_of_pipeline_paths():
     assert _render(STAGES["prepare"]["deps"][0]) == str(paths.raw_dir("mnist"))
     assert [_render(o) for o in _outputs(STAGES["train"], "outs")] == [str(paths.model_dir("transposed", 7))]
     evaluate = STAGES["evaluate"]
-    assert [_render(o) for o in _outputs(evaluate, "metrics")] == [str(paths.metrics_file("transposed", 7))]
-    plot_dirs = {str(Path(_render(o)).parent) for o in _outputs(evaluate, "plots")}
-    assert plot_dirs == {str(paths.plots_dir("transposed", 7))}
+    # per-seed files are plain outputs: compare's reports/summary.json is the only DVC metrics file
+    assert "metrics" not in evaluate and "plots" not in evaluate
+    metrics_file, *plot_files = (_render(o) for o in _outputs(evaluate, "outs"))
+    assert metrics_file == str(paths.metrics_file("transposed", 7))
+    assert {str(Path(f).parent) for f in plot_files} == {str(paths.plots_dir("transposed", 7))}
+    assert [next(iter(o)) for o in STAGES["compare"]["metrics"]] == ["reports/summary.json"]
     assert _render(evaluate["deps"][0]) == str(paths.model_dir("transposed", 7))
     for name in ("train", "evaluate", "compare"):
         assert str(paths.prepared_dir("mnist")) in [_render(d) for d in STAGES[name]["deps"]], name

@@ -15,6 +15,7 @@ from scipy import stats
 from pipeline.errors import DataError
 from pipeline.reporting import (
     RUN_COLUMNS,
+    _summary_metrics,
     learning_curves,
     runs_table,
     summarize,
@@ -575,6 +576,41 @@ def test_summary_markdown_handles_nan_and_missing_baseline():
     assert single["train s (mean ± sd)"] == "101.0"
     assert bullets(text) == ["- **single**: no baseline to compare with"]
     assert "cannot give p below" not in text
+
+
+# --- summary.json (the DVC metrics) ---------------------------------------------------------
+
+
+def test_summary_metrics_are_a_few_short_keys_per_variant():
+    """What `dvc exp show` and `dvc metrics diff` compare: per variant the mean test accuracy, the
+    paired difference from the baseline, the trained share and the mean training seconds."""
+    summary = collapsed_summary()
+    metrics = _summary_metrics(summary)
+    assert list(metrics) == ["baseline", "collapsed"]
+    keys = ["acc", "vs_baseline", "trained_share", "train_seconds"]
+    assert all(list(values) == keys for values in metrics.values())
+    # baseline: mean 4.52 / 5 = 0.904, 5/5 trained; collapsed: 0.752, -0.152 paired, 4/5 trained;
+    # train_seconds 101..105 for both -> 103
+    assert metrics["baseline"]["acc"] == pytest.approx(0.904)
+    assert math.isnan(metrics["baseline"]["vs_baseline"])  # the reference: null in summary.json
+    assert metrics["baseline"]["trained_share"] == 1.0
+    assert metrics["collapsed"] == pytest.approx(
+        {"acc": 0.752, "vs_baseline": -0.152, "trained_share": 0.8, "train_seconds": 103.0}
+    )
+    # the very numbers of summary.csv, as plain Python numbers json can write
+    for variant, values in metrics.items():
+        assert values["acc"] == row(summary, variant)["test_accuracy_mean"]
+        assert values["train_seconds"] == row(summary, variant)["train_seconds_mean"]
+        assert all(type(v) is float for v in values.values())
+
+
+def test_summary_json_has_null_for_the_baselines_own_difference(tmp_path):
+    from pipeline.artifacts import read_json, write_json
+
+    write_json(tmp_path / "summary.json", _summary_metrics(collapsed_summary()))
+    written = read_json(tmp_path / "summary.json")
+    assert written["baseline"]["vs_baseline"] is None
+    assert written["collapsed"]["vs_baseline"] == pytest.approx(-0.152)
 
 
 # --- learning curves -------------------------------------------------------------------------
