@@ -342,4 +342,4 @@ def test_the_launcher_names_its_stages_on_a_wrong_one(tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = run(command, cwd=tmp_path, env=env, timeout=TIMEOUT)
     assert result.returncode == 2
-    assert "usage: python -m pipeline {fetch,prepare,train,evaluate,compare}" in result.stderr
+    assert "usage: python -m pipeline {fetch,prepare,train,evaluate,compare,predict}" in result.stderr
