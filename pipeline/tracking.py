@@ -28,8 +28,9 @@ REPORTS_SUFFIX = "-reports"
 # registered models: "deconvolution-<variant>", the best seed of the latest compare under CHAMPION
 REGISTERED_PREFIX = "deconvolution-"
 CHAMPION = "champion"
-# the experiment type MLflow's UI reads: it opens this kind of experiment on its runs table, not on
-# the GenAI traces page a new experiment would otherwise land on
+# the experiment type, as MLflow's UI offers it (Experiment type: custom model development). MLflow
+# 3.17.2 does not use it to choose the landing page: that follows the link's workflowType
+# (experiment_url, docs/ui.md)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -429,12 +430,14 @@ def log_keras_model(
     return info.model_id
 
 
-def logged_model_id(run_id: str) -> str | None:
-    """The id of the model a training run logged (its last, if it logged more than one)."""
+def logged_model_id(run: Any) -> str | None:
+    """The id of the model a training run (an MLflow Run, or its id) logged: its last, if it logged
+    more than one."""
     import mlflow
 
-    outputs = mlflow.MlflowClient().get_run(run_id).outputs
-    models = outputs.model_outputs if outputs else []
+    if isinstance(run, str):
+        run = mlflow.MlflowClient().get_run(run)
+    models = run.outputs.model_outputs if run.outputs else []
     return models[-1].model_id if models else None
 
 
@@ -648,22 +651,18 @@ def register_champion(variant: str, record: Mapping[str, Any], dataset_name: str
     """Register a variant's champion run's logged model as `deconvolution-<variant>` (a new version
     only if this model has none yet) and point the `champion` alias at it. Returns the version."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     name = registered_name(variant)
-    model_id = logged_model_id(record["run_id"])
+    training = client.get_run(record["run_id"])
+    model_id = logged_model_id(training)
     if model_id is None:
         raise TrackingError(f"{run_name(variant, record['seed'])} has no logged model: rerun its train stage")
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-        existing = [v for v in versions if model_id in (v.model_id, v.source.removeprefix("models:/"))]
-    except MlflowException:
-        existing = []
+    versions = client.search_model_versions(f"name = '{name}'")  # none yet: an empty list
+    existing = [v for v in versions if model_id in (v.model_id, v.source.removeprefix("models:/"))]
     if existing:
         version = existing[0]
     else:
-        training_tags = client.get_run(record["run_id"]).data.tags
         version = mlflow.register_model(
             f"models:/{model_id}",
             name,
@@ -672,8 +671,8 @@ def register_champion(variant: str, record: Mapping[str, Any], dataset_name: str
                 "seed": str(record["seed"]),
                 "val_accuracy": str(record["val_accuracy"]),
                 "dataset": dataset_name,
-                "git.commit": training_tags.get("git.commit", "unknown"),
-                "dvc.experiment": training_tags.get("dvc.experiment", "workspace"),
+                "git.commit": training.data.tags.get("git.commit", "unknown"),
+                "dvc.experiment": training.data.tags.get("dvc.experiment", "workspace"),
             },
         )
         client.update_registered_model(

@@ -282,10 +282,12 @@ def have_postgres() -> bool:
     return any(Path(p).joinpath("initdb").exists() for p in Path("/usr/lib/postgresql").glob("*/bin"))
 
 
-def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    """Wait until the MLflow server at `url` answers /health; fail with its log when the process
-    `proc` that starts it exits first, or after `timeout` seconds (PostgreSQL, `mlflow db upgrade`,
-    then MLflow, on two busy cores)."""
+def wait_for_server(
+    url: str, proc: subprocess.Popen, log: Path, timeout: float = 240, *, path: str = "/health"
+) -> None:
+    """Wait until the MLflow server at `url` answers `path` (/health; /ping for `mlflow models
+    serve`); fail with its log when the process `proc` that starts it exits first, or after
+    `timeout` seconds (PostgreSQL, `mlflow db upgrade`, then MLflow, on two busy cores)."""
     import urllib.request
 
     import pytest
@@ -294,9 +296,9 @@ def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float 
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the server stopped ({proc.returncode}):\n{Path(log).read_text()}"
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+            with urllib.request.urlopen(url + path, timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(1)
-    pytest.fail("the MLflow server did not start:\n" + Path(log).read_text())
+    pytest.fail(f"the MLflow server did not answer {path} within {timeout} s:\n" + Path(log).read_text())

@@ -34,10 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     trained = {v: artifacts.load_model(paths.model_dir(v, seeds[0], args.models)) for v in upsampling}
     report = reporting.build_report(outputs, prepared.load(args.data), params, trained)
     artifacts.write_report(args.out, report)
-    tracking.connect()
+    reports = tracking.connect(reports=True)  # the registry needs only the store
     for variant, line in tracking.register_champions([o.record for o in outputs], params).items():
         print(f"{tracking.registered_name(variant)}@{tracking.CHAMPION}: {line}", file=sys.stderr)
-    reports = tracking.connect(reports=True)
     tracking.log_summary_run(reports, params, report.metrics, args.out, list(report.runs["run_id"]))
     print(report.markdown, file=sys.stderr)
 

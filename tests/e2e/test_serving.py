@@ -8,7 +8,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 from model_store import NAME, learnable_images, log_champion, tracking_store, train_network
 from PIL import Image
-from support import BIN, ROOT, SHARED, clean_env, free_port, kill_group, run
+from support import BIN, ROOT, SHARED, clean_env, free_port, kill_group, run, wait_for_server
 
 from pipeline.datasets import read_idx, write_idx
 
@@ -26,20 +25,6 @@ pytestmark = pytest.mark.slow
 SCALING = "unit"  # the predict tests use "centered": between them both scalings are served end to end
 N_HELD_OUT = 200
 REAL_MNIST = SHARED / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
-
-
-def wait_for_ping(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    """Wait until the scoring server answers GET /ping; fail with its log if it exits or never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"mlflow models serve stopped ({proc.returncode}):\n{log.read_text()}"
-        try:
-            with urllib.request.urlopen(url + "/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"mlflow models serve did not answer /ping within {timeout} s:\n{log.read_text()}")
 
 
 def invoke(url: str, body: dict) -> tuple[int, dict]:
@@ -92,7 +77,7 @@ def served(tmp_path_factory):
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for_ping(url, proc, log)
+        wait_for_server(url, proc, log, path="/ping")
         yield {"url": url, "root": root, "env": env, "model": model, "images": images, "labels": labels}
     finally:
         kill_group(proc)

@@ -199,7 +199,7 @@ def test_register_champion_moves_the_alias_and_adds_no_version_for_an_unchanged_
     assert mlflow.get_logged_model(model_2).name == "baseline-seed2"
 
 
-def test_the_experiment_opens_on_its_runs_and_summaries_go_to_the_reports_experiment(store, tmp_path):
+def test_the_experiment_has_its_kind_and_summaries_go_to_the_reports_experiment(store, tmp_path, monkeypatch):
     client = mlflow.MlflowClient()
     assert client.get_experiment(store).tags["mlflow.experimentKind"] == "custom_model_development"
     reports = tracking.connect(reports=True)
@@ -209,13 +209,8 @@ def test_the_experiment_opens_on_its_runs_and_summaries_go_to_the_reports_experi
     older = client.create_experiment("older")
     chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
     for name in ("older", "chosen"):
-        import os
-
-        os.environ["MLFLOW_EXPERIMENT_NAME"] = name
-        try:
-            tracking.connect()
-        finally:
-            del os.environ["MLFLOW_EXPERIMENT_NAME"]
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+        tracking.connect()
     assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
     assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
 
