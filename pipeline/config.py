@@ -117,12 +117,27 @@ def _allowed_for(loc: tuple[Any, ...]) -> list[str]:
     return []
 
 
+def _key_without_bias(loc: tuple[Any, ...]) -> str | None:
+    """The message for bias_init on a layer type that has no bias, naming the variant and the layer
+    (counted from 1, as users count); None for any other key."""
+    if not (len(loc) == 6 and loc[0] == "variants" and loc[2] == "layers" and loc[-1] == "bias_init"):
+        return None
+    variant, index, layer_type = loc[1], loc[3], loc[4]
+    with_bias = [name for name, cls in LAYER_MODELS.items() if "bias_init" in cls.model_fields]
+    return (
+        f"  - {_key_path(loc)}: variant {variant!r}, layer {index + 1} ({layer_type}) has no bias, so it takes no"
+        f" bias_init; layers with a bias: {', '.join(with_bias)}"
+    )
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"{source} is invalid:"]
     for err in exc.errors():
         loc = tuple(err["loc"])
         key = _key_path(loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and (no_bias := _key_without_bias(loc)):
+            msg = no_bias
+        elif err["type"] == "extra_forbidden":
             allowed = _allowed_for(loc)
             hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             msg = f"  - {key}: unknown key"

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 Shape = tuple[int, ...]
 PositiveInt = Annotated[int, Field(gt=0)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Padding = Literal["same", "valid"]
 Activation = Literal["relu", "linear", "sigmoid", "tanh", "elu", "gelu", "softmax", None]
 
@@ -113,11 +114,22 @@ class LayerSpec(Strict):
 class _Weighted(LayerSpec):
     activation: Activation = "relu"
     l2: Annotated[float, Field(ge=0)] = 0.0
+    bias_init: FiniteFloat | None = Field(
+        None,
+        description=(
+            "the layer's biases start at exactly this value; null: what train.initializer gives"
+            " (tutorial: 0 in the first layer with weights, 1.0 in the others; keras: 0)"
+        ),
+    )
 
     weighted: ClassVar[bool] = True
 
+    def _bias_label(self) -> str:
+        """The label's suffix for bias_init, e.g. 'bias0' or 'bias-0.5'; '' when null."""
+        return "" if self.bias_init is None else f"bias{self.bias_init:g}"
+
     def _keras_kwargs(self, at: Placement) -> dict[str, Any]:
-        """Name, initializers (train.initializer), L2 regularizer and activation."""
+        """Name, initializers (train.initializer, then bias_init), L2 regularizer and activation."""
         import keras
 
         kwargs: dict[str, Any] = {"name": self.keras_name(at.index)}
@@ -126,6 +138,8 @@ class _Weighted(LayerSpec):
             kwargs["bias_initializer"] = keras.initializers.Constant(0.0 if at.first_weighted else 1.0)
         else:  # Keras' defaults, seeded: Glorot uniform, zero biases
             kwargs["kernel_initializer"] = keras.initializers.GlorotUniform(seed=at.layer_seed)
+        if self.bias_init is not None:
+            kwargs["bias_initializer"] = keras.initializers.Constant(self.bias_init)
         if self.l2:
             kwargs["kernel_regularizer"] = keras.regularizers.L2(self.l2)
         kwargs["activation"] = self.activation or "linear"
@@ -144,7 +158,7 @@ class _Convolution(_Weighted):
         return self.kernel_size**2 * shape[-1] * self.filters + self.filters
 
     def label(self) -> str:
-        return f"{self.type}{self.filters}k{self.kernel_size}s{self.strides}"
+        return f"{self.type}{self.filters}k{self.kernel_size}s{self.strides}{self._bias_label()}"
 
 
 class Conv(_Convolution):
@@ -331,7 +345,7 @@ class Dense(_Weighted):
         return 2 * shape[0] * self.units
 
     def label(self) -> str:
-        return f"{self.type}{self.units}"
+        return f"{self.type}{self.units}{self._bias_label()}"
 
     def keras_layer(self, at: Placement) -> keras.layers.Layer:
         import keras
@@ -388,9 +402,10 @@ def _allowed(annotation: Any, metadata: list[Any]) -> str:
         shown = [_allowed(arg, metadata) for arg in args if arg is not type(None)]
         return " | ".join([*(part for part in shown if part), *(["null"] if type(None) in args else [])])
     bounds = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
-    return ", ".join(
+    shown = ", ".join(
         f"{symbol} {getattr(meta, attr)}" for meta in metadata for attr, symbol in bounds if hasattr(meta, attr)
     )
+    return shown or ("a number" if annotation in (int, float) else "")
 
 
 def markdown_reference() -> str:
@@ -407,6 +422,8 @@ def markdown_reference() -> str:
             notes = ["required"] if field.is_required() else []
             if constraint := _allowed(field.annotation, field.metadata):
                 notes.append(constraint)
+            if field.description:
+                notes.append(field.description)
             described.append(text + (f" ({'; '.join(notes)})" if notes else ""))
         doc = (cls.__doc__ or "").strip()
         lines.append(f"- `{name}`: {doc}")

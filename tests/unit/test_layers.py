@@ -41,6 +41,16 @@ CASES: dict[str, list[tuple[dict, tuple, tuple, int, int, int, str]]] = {
             36_504,
             "conv_transpose3k3s2",
         ),
+        # bias_init changes no count, only the starting biases (and the label)
+        (
+            {"filters": 16, "kernel_size": 5, "strides": 2, "bias_init": 0.0},
+            (14, 14, 16),
+            (28, 28, 16),
+            6_416,
+            6_416,
+            2_508_800,
+            "conv_transpose16k5s2bias0",
+        ),
     ],
     "upsample": [
         ({}, (14, 14, 16), (28, 28, 16), 0, 0, 0, "upsample2n"),
@@ -57,7 +67,10 @@ CASES: dict[str, list[tuple[dict, tuple, tuple, int, int, int, str]]] = {
     "dropout": [({"rate": 0.3}, (784,), (784,), 0, 0, 0, "dropout0.3")],
     "batch_norm": [({}, (26, 26, 4), (26, 26, 4), 16, 8, 0, "batch_norm")],  # gamma, beta trainable; moving stats not
     "flatten": [({}, (7, 7, 16), (784,), 0, 0, 0, "flatten")],
-    "dense": [({"units": 64}, (784,), (64,), 50_240, 50_240, 100_352, "dense64")],
+    "dense": [
+        ({"units": 64}, (784,), (64,), 50_240, 50_240, 100_352, "dense64"),
+        ({"units": 64, "bias_init": -0.5}, (784,), (64,), 50_240, 50_240, 100_352, "dense64bias-0.5"),
+    ],
 }
 ALL_CASES = [
     pytest.param(name, *case, id=f"{name}-{i}") for name, cases in CASES.items() for i, case in enumerate(cases)
@@ -153,6 +166,71 @@ def test_weighted_layers_take_the_initializer_policy(name):
     assert glorot.activation is keras.activations.relu
 
 
+WITH_BIAS = [name for name in LAYER_TYPES if "bias_init" in LAYER_MODELS[name].model_fields]
+WITHOUT_BIAS = [name for name in LAYER_TYPES if name not in WITH_BIAS]
+
+
+def test_the_layers_with_a_bias_take_bias_init():
+    assert WITH_BIAS == ["conv", "conv_transpose", "dense"]
+
+
+def _built_bias(name: str, at: Placement, **fields) -> np.ndarray:
+    import keras
+
+    shape, size = ((5,), {"units": 3}) if name == "dense" else ((6, 6, 2), {"filters": 3, "kernel_size": 3})
+    built = parse(name, {**size, **fields}).keras_layer(at)
+    built(keras.Input(shape=shape))  # creates the weights
+    return np.asarray(built.bias)
+
+
+@pytest.mark.parametrize("name", ["conv", "conv_transpose", "dense"])
+@pytest.mark.parametrize("initializer", ["tutorial", "keras"])
+@pytest.mark.parametrize("first_weighted", [True, False])
+@pytest.mark.parametrize("value", [0.0, 0.25, -1.5])
+def test_bias_init_sets_every_initial_bias_exactly(name, initializer, first_weighted, value):
+    at = Placement(index=1, seed=4, initializer=initializer, first_weighted=first_weighted)
+    bias = _built_bias(name, at, bias_init=value)
+    assert bias.shape == (3,)
+    assert np.all(bias == np.float32(value))
+
+
+@pytest.mark.parametrize("name", ["conv", "conv_transpose", "dense"])
+@pytest.mark.parametrize(
+    ("initializer", "first_weighted", "expected"),
+    [("tutorial", True, 0.0), ("tutorial", False, 1.0), ("keras", True, 0.0), ("keras", False, 0.0)],
+)
+def test_bias_init_null_keeps_the_initializers_bias(name, initializer, first_weighted, expected):
+    at = Placement(index=1, seed=4, initializer=initializer, first_weighted=first_weighted)
+    assert parse(name, {"units": 3} if name == "dense" else {"filters": 3}).bias_init is None
+    assert np.all(_built_bias(name, at) == expected)
+    assert np.all(_built_bias(name, at, bias_init=None) == expected)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "zero"])
+def test_bias_init_must_be_a_finite_number(value):
+    with pytest.raises(ValidationError, match="bias_init"):
+        parse("conv", {"filters": 3, "bias_init": value})
+
+
+@pytest.mark.parametrize("name", WITHOUT_BIAS)
+def test_a_layer_without_a_bias_rejects_bias_init_naming_variant_layer_and_key(name):
+    from pipeline.config import parse_params
+    from pipeline.errors import ConfigError
+
+    fields = {**CASES[name][0][0], "bias_init": 0.0}
+    layers_ = [
+        {"type": "conv", "filters": 2},
+        {"type": name, **fields},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10},
+    ]
+    with pytest.raises(ConfigError) as err:
+        parse_params({"variants": {"mine": {"layers": layers_}}})
+    message = str(err.value)
+    assert f"variants.mine.layers[1].bias_init: variant 'mine', layer 2 ({name}) has no bias" in message
+    assert "layers with a bias: conv, conv_transpose, dense" in message
+
+
 def test_dropout_is_seeded_by_run_and_position():
     built = parse("dropout", {"rate": 0.5}).keras_layer(Placement(index=5, seed=2))
     assert built.seed == 2005 and built.rate == 0.5
@@ -174,6 +252,7 @@ def test_reference_lists_every_type_with_its_parameters():
     assert "`padding: same` (same | valid)" in text
     assert "`output_padding: null` (>= 0 | null)" in text
     assert "`rate` (required; >= 0, < 1)" in text
+    assert "`bias_init: null` (a number | null; the layer's biases start at exactly this value; null: what" in text
 
 
 START, END = "<!-- layer-types:start -->", "<!-- layer-types:end -->"
