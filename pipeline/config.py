@@ -81,9 +81,11 @@ class Params(Strict):
         return self
 
     def variant(self, name: str, source: str | Path = "params.yaml") -> Variant:
-        """The variant called `name`; a ConfigError listing the known ones when there is none."""
+        """The variant called `name`; a ConfigError with a "did you mean" and the known ones when there is none."""
         if name not in self.variants:
-            raise ConfigError(f"variant {name!r} is not in {source}; known: {', '.join(self.variants)}")
+            hint = difflib.get_close_matches(name, list(self.variants), n=1)
+            did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"variant {name!r} is not in {source}{did_you_mean}; known: {', '.join(self.variants)}")
         return self.variants[name]
 
 

@@ -40,7 +40,8 @@ def describe(variant: Variant, input_shape: Shape, num_classes: int) -> list[Lay
         try:
             output_shape = layer.output_shape(shape)
         except ValueError as exc:
-            raise ValueError(f"layer {index} ({layer.type}): {exc}") from None
+            # counted from 1, as users count the layers of their list
+            raise ValueError(f"layer {index + 1} ({layer.type}): {exc}") from None
         params, trainable = layer.params(shape), layer.trainable_params(shape)
         infos.append(LayerInfo(index, layer.type, output_shape, params, layer.flops(shape), trainable))
         shape = output_shape

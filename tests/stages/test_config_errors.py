@@ -37,6 +37,7 @@ def test_a_variant_whose_shapes_cannot_work_is_rejected_before_any_download(tmp_
     raw["variants"]["transposed"]["layers"].insert(2, {"type": "dense", "units": 8})  # before flatten
     result = fetch_with(raw, tmp_path)
     assert result.returncode == 2
-    assert "error: variants.transposed: layer 2 (dense): dense needs a flat input" in result.stderr
+    # the third layer of the list is "layer 3": counted from 1, as users count
+    assert "error: variants.transposed: layer 3 (dense): dense needs a flat input" in result.stderr
     assert "add {type: flatten} before it" in result.stderr
     assert not (tmp_path / "raw").exists()

@@ -79,3 +79,16 @@ def test_yaml_is_read_safely(tmp_path):
     path.write_text("!!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(path)
+
+
+def test_an_unknown_variant_name_gets_a_did_you_mean():
+    params = parse_params(copy.deepcopy(SHIPPED))
+    with pytest.raises(ConfigError) as err:
+        params.variant("transposd")
+    message = str(err.value)
+    assert "variant 'transposd' is not in params.yaml (did you mean 'transposed'?); known: " in message
+    assert ", ".join(params.variants) in message
+    with pytest.raises(ConfigError) as err:
+        params.variant("zzz")
+    assert "did you mean" not in str(err.value)
+    assert params.variant("transposed") is params.variants["transposed"]

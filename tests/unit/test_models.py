@@ -126,8 +126,8 @@ def test_a_variant_with_every_layer_type_builds_as_described():
 @pytest.mark.parametrize(
     ("layers", "message"),
     [
-        ([{"type": "dense", "units": 10, "activation": None}], "layer 0 (dense): dense needs a flat input"),
-        ([{"type": "flatten"}, {"type": "conv", "filters": 3}, *HEAD], "layer 1 (conv): conv needs an image input"),
+        ([{"type": "dense", "units": 10, "activation": None}], "layer 1 (dense): dense needs a flat input"),
+        ([{"type": "flatten"}, {"type": "conv", "filters": 3}, *HEAD], "layer 2 (conv): conv needs an image input"),
         ([{"type": "conv", "filters": 3, "kernel_size": 29, "padding": "valid"}, *HEAD], "too small for kernel 29"),
         ([{"type": "flatten"}, {"type": "dense", "units": 7, "activation": None}], "the last layer must be"),
         ([{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}], "the last layer must be"),
