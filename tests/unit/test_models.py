@@ -166,3 +166,41 @@ def test_shipped_params_file_is_valid_yaml_with_the_contract_keys():
     assert raw["train"]["batch_size"] == 16 and raw["train"]["steps"] == 1001
     assert raw["train"]["learning_rate"] == 0.05
     assert isinstance(raw["data"]["mirrors"], list) and isinstance(raw["train"]["seeds"], list)
+
+
+def test_transposed_bias0_is_transposed_with_zero_conv_transpose_biases(shipped):
+    transposed, control = shipped.variants["transposed"], shipped.variants["transposed_bias0"]
+    assert list(shipped.variants).index("transposed_bias0") == list(shipped.variants).index("transposed") + 1
+    assert "bias-1.0 hypothesis" in control.description
+    changed = [i for i, (a, b) in enumerate(zip(transposed.layers, control.layers, strict=True)) if a != b]
+    assert changed == [1]
+    assert control.layers[1].model_copy(update={"bias_init": None}) == transposed.layers[1]
+    assert control.layers[1].bias_init == 0.0
+    assert summarize_layers(control) == "conv16k5s2 > conv_transpose16k5s2bias0 > flatten > dense64 > dense10"
+
+
+@pytest.mark.parametrize("initializer", ["tutorial", "keras"])
+def test_bias_init_sets_a_built_models_initial_biases_exactly(shipped, initializer):
+    # transposed_bias0: conv_transpose starts at 0; the other layers keep train.initializer's biases
+    model = build_model(shipped.variants["transposed_bias0"], SHAPE, 10, initializer=initializer, seed=1)
+    biases = {layer.name: np.asarray(layer.bias) for layer in model.layers if getattr(layer, "bias", None) is not None}
+    assert list(biases) == ["0_conv", "1_conv_transpose", "3_dense", "4_dense"]
+    later = 1.0 if initializer == "tutorial" else 0.0
+    assert np.all(biases["0_conv"] == 0.0)
+    assert np.all(biases["1_conv_transpose"] == 0.0)
+    assert np.all(biases["3_dense"] == later) and np.all(biases["4_dense"] == later)
+    # null keeps the initializer's: the tutorial's 1.0 on the transposed convolution of `transposed`
+    plain = build_model(shipped.variants["transposed"], SHAPE, 10, initializer=initializer, seed=1)
+    assert np.all(np.asarray(plain.get_layer("1_conv_transpose").bias) == later)
+    # same seed, same kernels: only the bias differs
+    assert np.array_equal(
+        np.asarray(plain.get_layer("1_conv_transpose").kernel), np.asarray(model.get_layer("1_conv_transpose").kernel)
+    )
+    mixed = variant(
+        {"type": "conv", "filters": 2, "bias_init": -0.25},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10, "activation": None, "bias_init": 2.5},
+    )
+    built = build_model(mixed, SHAPE, 10, initializer=initializer, seed=2)
+    assert np.all(np.asarray(built.layers[1].bias) == np.float32(-0.25))
+    assert np.all(np.asarray(built.layers[3].bias) == np.float32(2.5))
