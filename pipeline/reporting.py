@@ -51,6 +51,10 @@ SUMMARY_COLUMNS = [
     "trained_share",
     "trained_share_ci_low",
     "trained_share_ci_high",
+    # against the baseline: Fisher's exact test on the trained counts (k/n against the baseline's),
+    # two-sided, and Holm-adjusted over the same comparisons as p_value_adjusted
+    "trained_p_fisher",
+    "trained_p_fisher_adjusted",
     # accuracy over every run: mean, sd and a percentile bootstrap interval (inside the data's range)
     "test_accuracy_mean",
     "test_accuracy_std",
@@ -187,6 +191,12 @@ def _paired(runs: pd.DataFrame, variant: str, baseline: str) -> tuple[np.ndarray
     return both[variant].to_numpy(dtype=float), both[baseline].to_numpy(dtype=float)
 
 
+def _trained_count(runs: pd.DataFrame, variant: str, num_classes: int) -> tuple[int, int]:
+    """(runs that trained, runs) of a variant: the counts Fisher's exact test compares."""
+    acc = runs.loc[runs["variant"] == variant, "test_accuracy"].to_numpy(dtype=float)
+    return int(statistics.trained(acc, num_classes).sum()), int(acc.size)
+
+
 def summarize(
     runs: pd.DataFrame,
     num_classes: int,
@@ -212,6 +222,9 @@ def summarize(
     conditional = {v: statistics.conditional_comparison(*pairs[v], num_classes, confidence) for v in compared}
     adjusted = dict(zip(compared, statistics.holm([comparisons[v].p_value for v in compared]), strict=True))
     adjusted_trained = dict(zip(compared, statistics.holm([conditional[v].p_value for v in compared]), strict=True))
+    counts = {v: _trained_count(runs, v, num_classes) for v in variants}
+    fisher = {v: statistics.fisher_exact_p_value(*counts[v], *counts[baseline]) for v in compared}
+    adjusted_fisher = dict(zip(compared, statistics.holm([fisher[v] for v in compared]), strict=True))
     # Holm leaves NaN p-values (fewer than 2 paired seeds) out of m; count the same comparisons here
     m = max(sum(not math.isnan(comparisons[v].p_value) for v in compared), 1)
 
@@ -237,6 +250,8 @@ def summarize(
             c, t = comparisons[variant], conditional[variant]
             differences = np.subtract(*pairs[variant])
             row |= {
+                "trained_p_fisher": fisher[variant],
+                "trained_p_fisher_adjusted": adjusted_fisher[variant],
                 "n_paired_seeds": c.n,
                 "diff_vs_baseline_mean": c.mean_difference,
                 "diff_ci_low": c.ci_low,
@@ -327,6 +342,12 @@ def _mean_ci_cell(mean: float, low: float, high: float) -> str:
     return _pct(mean) if _isnan(low) else f"{_pct(mean)} {_interval(low, high)}"
 
 
+def _fisher_cell(p: float, adjusted: float, verdict: str) -> str:
+    if verdict == "reference":
+        return "reference"
+    return _NA if _isnan(p) else f"{p:.3g} ({adjusted:.3g})"
+
+
 def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
     """The summary as a readable Markdown table, one verdict bullet per compared variant, and what
     the tests could and could not detect."""
@@ -347,6 +368,12 @@ def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
                     col("trained_share_ci_low"),
                     col("trained_share_ci_high"),
                     strict=True,
+                )
+            ],
+            "trained: Fisher p (Holm)": [
+                _fisher_cell(p, adjusted, verdict)
+                for p, adjusted, verdict in zip(
+                    col("trained_p_fisher"), col("trained_p_fisher_adjusted"), col("verdict"), strict=True
                 )
             ],
             f"test accuracy % [{ci}]": [
@@ -386,7 +413,7 @@ def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
             "FLOPs/image": [_thousands(v) for v in col("flops_per_image")],
         }
     )
-    numeric = {"params", "inference img/s", "FLOPs/image", "p (Holm)", "detectable pp"}
+    numeric = {"params", "inference img/s", "FLOPs/image", "p (Holm)", "detectable pp", "trained: Fisher p (Holm)"}
     colalign = ["right" if c in numeric else "left" for c in table.columns]
 
     parts = []
@@ -420,7 +447,9 @@ def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
             f" t-test is shown beside it (it assumes normal differences, which a run that died breaks)."
             f"{floor} *detectable pp*: the smallest true mean difference these seeds would detect with 80%"
             f" power at the spread observed (paired t-test at {1 - confidence:g}/{m})."
-            " *trained*: runs whose test accuracy reached 1.5x chance (Wilson interval); intervals on means"
+            " *trained*: runs whose test accuracy reached 1.5x chance (Wilson interval); *Fisher p*: Fisher's"
+            f" exact test (two-sided) of the trained count against {baseline}'s, Holm-adjusted over the same"
+            f" {m} comparisons in brackets; intervals on means"
             " are percentile bootstraps, so they stay within the data's range. *if both trained*: the"
             " difference over the seeds where both runs trained, conditional on training: read it beside the"
             " unconditional one, never instead.\n\n" + "\n".join(bullets)

@@ -3,7 +3,8 @@
 Test accuracies over seeds are bimodal, so a mean with a Student t interval misleads (it can give
 [-35%, 134%]). This module reports the two things apart:
 
-- **reliability**: the share of runs that trained, with a Wilson (or exact) binomial interval;
+- **reliability**: the share of runs that trained, with a Wilson (or exact) binomial interval, and
+  Fisher's exact test for a difference in that share between two variants;
 - **accuracy**: a mean with a percentile bootstrap interval, which never leaves the range of the data.
 
 Variants are compared with the baseline paired by seed (same seed, same data order): the mean
@@ -139,6 +140,24 @@ def reliability(
         return Reliability(math.nan, math.nan, math.nan, 0, 0)
     ci = stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method=method)
     return Reliability(k / n, float(ci.low), float(ci.high), k, n)
+
+
+def fisher_exact_p_value(k: int, n: int, reference_k: int, reference_n: int) -> float:
+    """Two-sided Fisher's exact test (scipy.stats.fisher_exact) that k of n runs and reference_k of
+    reference_n runs trained at one common rate: the test for a difference in the share of runs that
+    train (or die), e.g. 7/10 against 10/10. Exact for any n, so it fits 10 seeds where a chi-squared
+    test does not. NaN when either side has no runs.
+
+    From the 2x2 table [[k, n - k], [reference_k, reference_n - reference_k]]: the probability, under
+    the hypergeometric law with the margins fixed, of every table no more likely than the observed one.
+    """
+    for name, (kk, nn) in {"k, n": (k, n), "reference_k, reference_n": (reference_k, reference_n)}.items():
+        if not 0 <= kk <= nn:
+            raise ValueError(f"{name} must satisfy 0 <= k <= n, got {kk} and {nn}")
+    if n == 0 or reference_n == 0:
+        return math.nan
+    table = [[int(k), int(n - k)], [int(reference_k), int(reference_n - reference_k)]]
+    return float(min(stats.fisher_exact(table, alternative="two-sided").pvalue, 1.0))
 
 
 # --- accuracy -----------------------------------------------------------------------------------

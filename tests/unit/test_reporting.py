@@ -295,6 +295,30 @@ def holm_runs() -> pd.DataFrame:
     return runs(baseline=percent(BASE10), **{name: shifted(BASE10, diffs) for name, diffs in HOLM_DIFFS.items()})
 
 
+def test_fisher_on_trained_counts_by_hand():
+    # baseline 10/10 trained; 'some' 7/10 (three at chance), 'none' 0/10, 'all' 10/10
+    base = [80, 81, 82, 83, 84, 85, 86, 87, 88, 89]
+    summary = summarize(
+        runs(
+            baseline=percent(base),
+            some=percent([10, 10, 10, *base[3:]]),
+            none=percent([10] * 10),
+            all=percent([b + 1 for b in base]),
+        ),
+        NUM_CLASSES,
+    )
+    # 7/10 vs 10/10: C(10, x) C(10, 3 - x) / C(20, 3), x = 3 and x = 0 as extreme: 240 / 1140 = 0.2105
+    # 0/10 vs 10/10: the two extreme tables, 2 / C(20, 10); 10/10 vs 10/10: 1
+    raw = {"some": 240 / 1140, "none": 2 / math.comb(20, 10), "all": 1.0}
+    for name, p in raw.items():
+        assert row(summary, name)["trained_p_fisher"] == pytest.approx(p, rel=1e-9), name
+    # Holm over the 3 comparisons: 3 x 1.08e-5, then 2 x 0.2105 = 0.421, then 1
+    adjusted = {"none": 3 * raw["none"], "some": 2 * raw["some"], "all": 1.0}
+    for name, p in adjusted.items():
+        assert row(summary, name)["trained_p_fisher_adjusted"] == pytest.approx(p, rel=1e-9), name
+    assert math.isnan(row(summary, "baseline")["trained_p_fisher"])
+
+
 def test_holm_adjustment_across_all_comparisons_by_hand():
     summary = summarize(holm_runs(), NUM_CLASSES)
     assert summary["variant"].tolist() == ["baseline", "weak", "clear", "borderline"]
@@ -484,6 +508,7 @@ def test_summary_markdown_table_cells():
         "variant",
         "params",
         "trained [95% CI, %]",
+        "trained: Fisher p (Holm)",
         "test accuracy % [95% CI]",
         "vs baseline, pp [95% CI]",
         "p (Holm)",
@@ -501,6 +526,10 @@ def test_summary_markdown_table_cells():
     # Wilson 5/5 [0.5655, 1] and 4/5 [0.3755, 0.9638] in whole percent
     assert base["trained [95% CI, %]"] == "5/5 [57, 100]"
     assert col["trained [95% CI, %]"] == "4/5 [38, 96]"
+    # 4/5 against 5/5: one dead run among 10, in the variant with probability 5/10; either table is as
+    # likely as the other, so the two-sided p is 1
+    assert col["trained: Fisher p (Holm)"] == "1 (1)"
+    assert base["trained: Fisher p (Holm)"] == "reference"
     # means 0.904 and 0.752 with their bootstrap intervals, in percent to 2 decimals
     pct = "{:.2f}".format
     assert base["test accuracy % [95% CI]"] == (

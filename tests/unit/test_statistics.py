@@ -13,6 +13,7 @@ from scipy import stats
 from pipeline.statistics import (
     ConditionalComparison,
     conditional_comparison,
+    fisher_exact_p_value,
     holm,
     mean_interval,
     minimum_detectable_difference,
@@ -96,6 +97,45 @@ def test_reliability_at_the_edges():
     assert every.low == pytest.approx(0.025 ** (1 / 5), abs=1e-9)
     empty = reliability([])
     assert empty.n == 0 and math.isnan(empty.share) and math.isnan(empty.low) and math.isnan(empty.high)
+
+
+# --- fisher_exact_p_value -----------------------------------------------------------------------
+
+
+def test_fisher_three_dead_of_ten_against_none_by_hand():
+    # 7/10 trained against 10/10: 3 dead runs among 20, 10 per variant. Hypergeometric P(X = x dead in the
+    # variant) = C(10, x) C(10, 3 - x) / C(20, 3), C(20, 3) = 1140: x = 0..3 -> 120, 450, 450, 120 (/1140).
+    # Two-sided: every table no more likely than the observed x = 3, i.e. x = 3 and x = 0: 240/1140.
+    assert math.comb(20, 3) == 1140
+    assert fisher_exact_p_value(7, 10, 10, 10) == pytest.approx(240 / 1140)
+    assert fisher_exact_p_value(7, 10, 10, 10) == pytest.approx(0.2105, abs=5e-5)
+    assert fisher_exact_p_value(10, 10, 7, 10) == fisher_exact_p_value(7, 10, 10, 10)  # symmetric
+
+
+def test_fisher_at_the_extremes_by_hand():
+    # 0/10 against 10/10: only the two most extreme tables, each 1 / C(20, 10) = 1 / 184,756
+    assert fisher_exact_p_value(0, 10, 10, 10) == pytest.approx(2 / math.comb(20, 10))
+    assert fisher_exact_p_value(5, 10, 5, 10) == 1.0  # the same share: nothing to see
+    assert fisher_exact_p_value(10, 10, 10, 10) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "reference_k", "reference_n"),
+    [(7, 10, 10, 10), (3, 10, 9, 10), (1, 5, 4, 5), (6, 10, 2, 10), (0, 3, 3, 3), (12, 20, 19, 20)],
+)
+def test_fisher_agrees_with_scipy(k, n, reference_k, reference_n):
+    table = [[k, n - k], [reference_k, reference_n - reference_k]]
+    expected = stats.fisher_exact(table, alternative="two-sided").pvalue
+    assert fisher_exact_p_value(k, n, reference_k, reference_n) == pytest.approx(expected, rel=1e-12)
+
+
+def test_fisher_without_runs_is_nan_and_impossible_counts_are_errors():
+    assert math.isnan(fisher_exact_p_value(0, 0, 5, 10))
+    assert math.isnan(fisher_exact_p_value(5, 10, 0, 0))
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        fisher_exact_p_value(11, 10, 5, 10)
+    with pytest.raises(ValueError, match="reference_k"):
+        fisher_exact_p_value(1, 10, -1, 10)
 
 
 # --- mean_interval ------------------------------------------------------------------------------
@@ -264,6 +304,15 @@ def test_conditional_comparison_drops_pairs_where_the_baseline_died():
 def test_holm_by_hand():
     # sorted: 0.01 * 4 = 0.04, 0.03 * 3 = 0.09, 0.04 * 2 = 0.08 -> max(0.09, 0.08) = 0.09, 0.20 * 1 = 0.20
     assert holm([0.01, 0.04, 0.03, 0.20]) == pytest.approx([0.04, 0.09, 0.09, 0.20])
+
+
+def test_holm_over_seven_comparisons_by_hand():
+    # a family of 7, as docs/results.md has: sorted 0.002, 0.0137, 0.0433, 0.087, 0.211, 0.5, 1.0
+    # times 7..1: 0.014, 0.0822, 0.2165, 0.348, 0.633, 1.0 (capped), 1.0; already monotone
+    p = [0.0137, 0.002, 0.211, 0.5, 0.0433, 1.0, 0.087]
+    assert holm(p) == pytest.approx([0.0822, 0.014, 0.633, 1.0, 0.2165, 1.0, 0.348])
+    # a step-down that needs the running maximum: 0.01 * 3 = 0.03, 0.011 * 2 = 0.022 -> 0.03, 0.9
+    assert holm([0.011, 0.9, 0.01]) == pytest.approx([0.03, 0.9, 0.03])
 
 
 def test_holm_leaves_nan_out_of_m():
