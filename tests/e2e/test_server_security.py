@@ -249,8 +249,11 @@ def test_only_logged_in_clients_get_in(auth_server: Server, monkeypatch):
     assert [m.value for m in client.get_metric_history(run_.info.run_id, "loss")] == [2.3, 1.1, 0.4]
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
-    with pytest.raises(mlflow.exceptions.MlflowException):
+    # logged out, the server itself refuses: a 401 (a server that is down or failing answers otherwise)
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"failed with error code 401 != 200") as refused:
         client.search_experiments()
+    assert refused.value.get_http_status_code() == 401
+    assert "You are not authenticated" in refused.value.message
 
     # a teammate the admin adds logs to the shared experiment (default permission EDIT) but may not delete it
     alice = ("alice", secrets.token_urlsafe(18))
