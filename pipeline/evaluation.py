@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,18 +50,11 @@ def timed_logits(predict: Callable, x: np.ndarray, batch_size: int) -> tuple[np.
     return logits, len(x) / seconds if seconds > 0 else float("nan")
 
 
-def evaluate_model(model_file: Path, x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int) -> Evaluation:
-    """Load a saved Keras model and evaluate it on (x, y) in batches of batch_size, timed."""
+def evaluate(predict: Callable, x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int) -> Evaluation:
+    """Evaluate a model's compiled `predict` (images to logits: `Trainer.predict`) on (x, y) in batches
+    of batch_size (any size), timed."""
     import dataclasses
 
-    import keras
-    import tensorflow as tf
-
-    model = keras.saving.load_model(model_file)
-    predict = tf.function(
-        lambda images: model(images, training=False),
-        input_signature=[tf.TensorSpec([None, *x.shape[1:]], tf.float32)],
-    )
     logits, images_per_second = timed_logits(predict, x, batch_size)
     return dataclasses.replace(evaluate_logits(logits, y, num_classes), images_per_second=images_per_second)
 

@@ -215,6 +215,11 @@ class Trainer:
         self._predict.get_concrete_function()
         return time.perf_counter() - start
 
+    @property
+    def predict(self) -> Callable:
+        """The model's logits for a batch of images, compiled once (validation and testing share it)."""
+        return self._predict
+
     def run_steps(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         losses, accuracies = self._run_steps(indices)
         return losses.numpy(), accuracies.numpy()
@@ -311,6 +316,24 @@ def train(
     return result
 
 
+# the window of the per-step training metrics' means (each step is one noisy minibatch): MLflow gets
+# them every LOSS_WINDOW steps and at the last step (windowed_history), the compare stage's learning
+# curves at every step (pipeline.reporting); history.csv keeps every step
+LOSS_WINDOW = 20
+
+
+def windowed_history(result: TrainResult, start: int, stop: int) -> tuple[dict[str, list[float]], list[int]]:
+    """The `loss` and `accuracy` MLflow logs for the steps in [start, stop): at each step that ends a
+    window (step % LOSS_WINDOW == LOSS_WINDOW - 1) or the history, the mean of the window ending there
+    (fewer steps at the start, as pandas' rolling(LOSS_WINDOW, min_periods=1))."""
+    steps = [i for i in range(start, stop) if i % LOSS_WINDOW == LOSS_WINDOW - 1 or i == len(result.steps) - 1]
+    series: dict[str, list[float]] = {}
+    for key in ("loss", "accuracy"):
+        values = np.asarray(getattr(result, key), dtype=np.float64)
+        series[key] = [float(values[max(0, i + 1 - LOSS_WINDOW) : i + 1].mean()) for i in steps]
+    return series, [result.steps[i] for i in steps]
+
+
 # --- one run, as the train stage does it ------------------------------------------------------
 
 
@@ -325,8 +348,11 @@ def build_trainer(
     """Seed everything, build the variant's model and its Trainer (inside the strategy's scope)."""
     from contextlib import nullcontext
 
+    import keras
+
     from pipeline.models import build_model
 
+    keras.backend.clear_session()  # a stage trains one seed after another: drop the last one's graphs
     seed_everything(seed)
     with strategy.scope() if strategy else nullcontext():
         model = build_model(spec, data.input_shape, data.num_classes, initializer=config.initializer, seed=seed)

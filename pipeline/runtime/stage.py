@@ -1,7 +1,4 @@
-"""What every stage module calls: `run_stage(main)`, and `stage_peak_memory_mb()` for its records.
-
-Both mean the same whether the stage runs in its own process or in a fork of the stage worker.
-"""
+"""What every stage module calls: `run_stage(main)`, and `stage_peak_memory_mb()` for its records."""
 
 from __future__ import annotations
 
@@ -14,6 +11,9 @@ from collections.abc import Callable
 
 from pipeline.errors import UserError
 
+# what a stage stopped by Ctrl-C or SIGTERM says: whatever it wrote, DVC records no output of an
+# unfinished stage (dvc.lock keeps the last finished run's), and the next `dvc repro` reruns it
+INTERRUPTED = "interrupted: the stage did not finish; DVC records none of its outputs and `dvc repro` reruns it"
 # the resident set (KiB) when the stage's main began; None until run_stage marks it
 _start_rss_kib: int | None = None
 
@@ -25,8 +25,9 @@ def _terminate(signum: int, frame: object) -> None:
 def _import_tensorflow_quietly() -> None:
     """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) kept off the terminal.
 
-    TF_CPP_MIN_LOG_LEVEL does not reach messages logged before absl is initialised, so stderr is
-    pointed at /dev/null for the import alone; Python errors still propagate.
+    TF_CPP_MIN_LOG_LEVEL does not reach messages logged before absl is initialised, nor the CUDA
+    probe's "failed call to cuInit" on a machine without a GPU, so stderr is pointed at /dev/null for
+    the import and the device probe alone; Python errors still propagate.
     """
     if "tensorflow" in sys.modules:
         return
@@ -35,7 +36,9 @@ def _import_tensorflow_quietly() -> None:
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the CUDA probe, once per process
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -46,8 +49,7 @@ def run_stage(
 ) -> None:
     """Run a stage's main; turn user errors, Ctrl-C and SIGTERM into a message and a non-zero exit.
 
-    This runs the stage in this process. DVC starts stages through `python -m pipeline <stage>`
-    (pipeline/runtime/launcher.py), which hands them to the warm stage worker when one can be had.
+    DVC starts stages through `python -m pipeline <stage>` (pipeline/__main__.py).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     signal.signal(signal.SIGTERM, _terminate)
@@ -63,7 +65,7 @@ def run_stage(
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print("interrupted: no stage outputs were written", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         raise SystemExit(130) from None
 
 
@@ -84,11 +86,9 @@ def stage_peak_memory_mb() -> float:
     """Peak memory the stage itself added, in MiB: the highest resident set since the stage's main
     began (mark_stage_start) minus the resident set at that moment.
 
-    The process's own peak (ru_maxrss) would depend on how the stage ran: in a fork of the stage
-    worker it counts the worker's preloaded libraries, in its own process only those the stage
-    imported. This excludes both and counts what the stage's work allocated and touched, so it is
-    the same in both modes. Where the peak cannot be reset (no /proc, or run_stage never ran), it
-    is the process's peak resident set.
+    This excludes the interpreter and the libraries imported before the stage's main and counts
+    what the stage's work allocated and touched. Where the peak cannot be reset (no /proc, or
+    run_stage never ran), it is the process's peak resident set.
     """
     if _start_rss_kib is not None:
         with contextlib.suppress(OSError):

@@ -16,12 +16,7 @@ from pipeline import paths
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = DVC_YAML["stages"]
 # how a stage is started, not what it computes: a change here reruns nothing
-PLUMBING = {
-    "pipeline/__init__.py",
-    "pipeline/__main__.py",
-    "pipeline/runtime/launcher.py",
-    "pipeline/runtime/worker.py",
-}
+PLUMBING = {"pipeline/__init__.py", "pipeline/__main__.py"}
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -108,12 +103,8 @@ def test_the_import_scan_sees_lazy_imports_and_skips_type_checking(tmp_path, mon
     assert "pipeline.figures" not in found
 
 
-def _render(template: str, variant: str = "transposed", seed: int = 7, dataset: str = "mnist") -> str:
-    return (
-        template.replace("${item.variant}", variant)
-        .replace("${item.seed}", str(seed))
-        .replace("${data.dataset}", dataset)
-    )
+def _render(template: str, variant: str = "transposed", dataset: str = "mnist") -> str:
+    return template.replace("${item.variant}", variant).replace("${data.dataset}", dataset)
 
 
 def _outputs(stage: dict, kind: str) -> list[str]:
@@ -124,15 +115,26 @@ def test_paths_in_dvc_yaml_are_the_layout_of_pipeline_paths():
     assert [_render(o) for o in _outputs(STAGES["fetch"], "outs")] == [str(paths.raw_dir("mnist"))]
     assert [_render(o) for o in _outputs(STAGES["prepare"], "outs")] == [str(paths.prepared_dir("mnist"))]
     assert _render(STAGES["prepare"]["deps"][0]) == str(paths.raw_dir("mnist"))
-    assert [_render(o) for o in _outputs(STAGES["train"], "outs")] == [str(paths.model_dir("transposed", 7))]
-    evaluate = STAGES["evaluate"]
+    train = STAGES["train"]
+    # one stage per variant: its outs are the folders that hold every seed's files
+    assert list(train["matrix"]) == ["variant"]
+    models, metrics, plots = (_render(o) for o in _outputs(train, "outs"))
+    assert models == str(paths.model_dir("transposed", 7).parent)
+    assert metrics == str(paths.metrics_file("transposed", 7).parent)
+    assert plots == str(paths.plots_dir("transposed", 7).parent)
     # per-seed files are plain outputs: compare's reports/summary.json is the only DVC metrics file
-    assert "metrics" not in evaluate and "plots" not in evaluate
-    metrics_file, *plot_files = (_render(o) for o in _outputs(evaluate, "outs"))
-    assert metrics_file == str(paths.metrics_file("transposed", 7))
-    assert {str(Path(f).parent) for f in plot_files} == {str(paths.plots_dir("transposed", 7))}
+    assert "metrics" not in train and "plots" not in train
     assert [next(iter(o)) for o in STAGES["compare"]["metrics"]] == ["reports/summary.json"]
-    assert _render(evaluate["deps"][0]) == str(paths.model_dir("transposed", 7))
-    for name in ("train", "evaluate", "compare"):
+    for name in ("train", "compare"):
         assert str(paths.prepared_dir("mnist")) in [_render(d) for d in STAGES[name]["deps"]], name
     assert {paths.MODELS.as_posix(), paths.METRICS.as_posix(), paths.PLOTS.as_posix()} <= set(STAGES["compare"]["deps"])
+
+
+def test_the_train_stage_reruns_on_every_param_it_reads():
+    """Every train.* key (the seeds too: the stage trains them all) and evaluate.batch_size."""
+    from pipeline.config import EvaluateConfig, TrainConfig
+
+    listed = set(STAGES["train"]["params"])
+    assert {f"train.{key}" for key in TrainConfig.model_fields} <= listed
+    assert {f"evaluate.{key}" for key in EvaluateConfig.model_fields} <= listed
+    assert "variants.${item.variant}" in listed
