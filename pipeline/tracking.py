@@ -9,13 +9,14 @@ import sys
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.config import Params
+    from pipeline.models import LayerInfo
     from pipeline.prepared import Prepared
 
 from pipeline.errors import TrackingError
@@ -320,12 +321,11 @@ class StepLogger:
         self._pending: Any = None
 
     def _send(self, result: Any, logged: int, val_logged: int, steps: int, val_steps: int) -> tuple[int, int]:
-        """Log the history between the given lengths (taken by the training thread, between chunks)."""
-        log_steps(
-            {"loss": result.loss[logged:steps], "accuracy": result.accuracy[logged:steps]},
-            result.steps[logged:steps],
-            self.run_id,
-        )
+        """Log the history between the given lengths (taken by the training thread, between chunks):
+        the training metrics as windowed means (`windowed_history`), the validations as they are."""
+        from pipeline.training import windowed_history
+
+        log_steps(*windowed_history(result, logged, steps), self.run_id)
         log_steps(
             {
                 "val_loss": result.val_loss[val_logged:val_steps],
@@ -483,10 +483,10 @@ TRAINING_METRICS = (
     "trace_seconds",
     "validation_seconds",
     "train_images_per_second",
-    "trainable_params",
-    "flops_per_image",
     "peak_memory_mb",
 )
+# run.json values fixed by the variant: MLflow params, not metrics (one value, no history)
+VARIANT_SIZES = ("trainable_params", "flops_per_image")
 
 
 def final_step(record: Mapping[str, Any]) -> int:
@@ -505,6 +505,7 @@ class TrainingRun:
         self.name = run_name(variant, seed)
         self.diverged = False
         self.model_id: str | None = None
+        self.step = 0
         self._steps = StepLogger()
 
     def log_steps(self, result: Any) -> None:
@@ -524,6 +525,7 @@ class TrainingRun:
             self._steps.close(result)
             log_metrics({k: record.get(k) for k in TRAINING_METRICS}, step=step)
             mlflow.log_artifact(str(model_dir / "spec.json"))
+            mlflow.log_artifact(str(model_dir / "history.csv"))  # every step: MLflow's curves are windowed
             if result.diverged_at is not None:
                 mlflow.set_tag("diverged_at_step", result.diverged_at)
             self.model_id = log_keras_model(
@@ -540,70 +542,78 @@ class TrainingRun:
                 f" to MLflow failed ({exc}). Fix the tracking store and rerun `dvc repro`."
             ) from None
         self.diverged = result.diverged_at is not None
+        self.step = step
+
+    def log_evaluation(self, evaluation: Any, data: Prepared, confusion_png: Path, per_class: Any) -> None:
+        """The test results into this run (still open: its end time is the end of its testing): the
+        test split as a dataset of the run, the test metrics linked to it and to the logged model at
+        the model's step, the confusion matrix and per-class accuracies as artifacts (as metrics they
+        were ten more rows in every metric picker)."""
+        import mlflow
+
+        try:
+            test = log_dataset(data, "test")
+            log_metrics(
+                {
+                    "test_accuracy": evaluation.test_accuracy,
+                    "test_loss": evaluation.test_loss,
+                    "inference_images_per_second": evaluation.images_per_second,
+                },
+                step=self.step,
+                model_id=self.model_id,
+                dataset=test,
+            )
+            mlflow.log_artifact(str(confusion_png))
+            mlflow.log_text(per_class.to_csv(index=False), "per_class_accuracy.csv")
+        except Exception as exc:
+            raise TrackingError(
+                f"{self.name}: trained and tested, its files are saved, but logging its test results to MLflow"
+                f" failed ({exc}). Fix the tracking store and rerun `dvc repro`."
+            ) from None
 
 
-def training_params(variant: str, seed: int, params: Params) -> dict[str, Any]:
-    """A training run's MLflow params: the same names as in params.yaml, plus variant, seed and layers."""
-    from pipeline.models import summarize_layers
+def training_params(variant: str, seed: int, params: Params, layers: Sequence[LayerInfo]) -> dict[str, Any]:
+    """A training run's MLflow params: the same names as in params.yaml, plus variant, seed, layers,
+    the variant's size (trainable_params, flops_per_image) and evaluate.batch_size."""
+    from pipeline.models import flops_per_image, summarize_layers, trainable_params
 
+    spec = params.variants[variant]
     return {
         "variant": variant,
         "seed": seed,
-        "variant.layers": summarize_layers(params.variants[variant]),
+        "variant.layers": summarize_layers(spec),
+        "trainable_params": trainable_params(list(layers), spec),
+        "flops_per_image": flops_per_image(list(layers)),
         **flatten("data", params.data.model_dump(exclude={"mirrors", "sha256"})),
         **flatten("train", params.train.model_dump(exclude={"seeds"})),
+        **flatten("evaluate", params.evaluate.model_dump()),
     }
 
 
 @contextmanager
-def training_run(experiment_id: str, variant: str, seed: int, params: Params, data: Prepared) -> Iterator[TrainingRun]:
-    """The MLflow run of train@<variant>-<seed>, named and tagged, with its params and its training
-    and validation datasets logged. It ends FINISHED, or FAILED for a diverged run (and on an
-    error), or KILLED on Ctrl-C."""
+def training_run(
+    experiment_id: str, variant: str, seed: int, params: Params, data: Prepared, layers: Sequence[LayerInfo]
+) -> Iterator[TrainingRun]:
+    """The MLflow run of one seed of train@<variant>, named and tagged, with its params and its
+    training and validation datasets logged. It ends when the block ends (after the seed's testing):
+    FINISHED, or FAILED for a diverged run (and on an error), or KILLED on Ctrl-C."""
     import mlflow
 
     tags = run_tags(
         variant=variant,
         seed=seed,
-        stage=f"train@{variant}-{seed}",
+        stage=f"train@{variant}",
         dataset=data.dataset,
         dataset_sha256=",".join(data.source_sha256),
     )
     with tracked_run(experiment_id, name=run_name(variant, seed), tags=tags) as run:
-        mlflow.log_params(training_params(variant, seed, params))
+        mlflow.log_params(training_params(variant, seed, params, layers))
         for split in ("train", "validation"):
             log_dataset(data, split)
         training = TrainingRun(run, experiment_id, variant, seed)
         yield training
         if training.diverged:
             mlflow.end_run("FAILED")
-
-
-def log_evaluation(
-    evaluation: Any, record: Mapping[str, Any], data: Prepared, confusion_png: Path, per_class: Any, *, batch_size: int
-) -> None:
-    """An evaluate stage's results into the training run (active): the test split as a dataset of
-    the run and of its logged model, the test metrics linked to both at the model's step, and the
-    confusion matrix and per-class accuracies as artifacts (as metrics they were ten more rows in
-    every metric picker, between test_accuracy and train_seconds in the compare view)."""
-    import mlflow
-
-    model_id = logged_model_id(record["run_id"])
-    test = log_dataset(data, "test")
-    log_metrics(
-        {
-            "test_accuracy": evaluation.test_accuracy,
-            "test_loss": evaluation.test_loss,
-            "inference_images_per_second": evaluation.images_per_second,
-        },
-        step=final_step(record),
-        model_id=model_id,
-        dataset=test,
-    )
-    mlflow.log_artifact(str(confusion_png))
-    mlflow.log_text(per_class.to_csv(index=False), "per_class_accuracy.csv")
-    # a tag, not a param: re-evaluating the same trained run with another batch size must not conflict
-    mlflow.set_tag("evaluate.batch_size", batch_size)
 
 
 def log_summary_run(experiment_id: str, params: Params, metrics: Mapping, reports: Path, run_ids: list[str]) -> str:
