@@ -56,11 +56,34 @@ def project_root(start: Path | None = None) -> Path:
 
 
 def tracking_uri(root: Path | None = None) -> str:
-    """MLFLOW_TRACKING_URI if set, else the embedded SQLite store in the project root."""
+    """MLFLOW_TRACKING_URI if set, else the embedded SQLite store in the project root.
+
+    A relative SQLite path (`sqlite:///mlflow.db`) is taken from the project root, not from wherever
+    DVC runs the stage (a temporary copy under .dvc/tmp/exps), so it names the same store.
+    """
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{project_root(root) / STORE_FILE}"
+    if not uri:
+        return f"sqlite:///{project_root(root) / STORE_FILE}"
+    path = sqlite_path(uri)
+    if path is not None and not path.is_absolute():
+        query = uri.partition("?")[1] + uri.partition("?")[2]
+        return f"sqlite:///{project_root(root) / path}{query}"
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI (as written: maybe relative); None otherwise."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").partition("?")[0]
+    return Path(path) if path else None
+
+
+def artifacts_location(uri: str) -> Path | None:
+    """Where a SQLite store's artifacts go: `mlartifacts/` beside its database file (for the
+    project's store, beside mlflow.db), however the URI was given. None for a server, which decides."""
+    path = sqlite_path(uri)
+    return None if path is None else path.parent / ARTIFACTS_DIR
 
 
 def use_scratch_store() -> None:
@@ -102,21 +125,23 @@ def connect(root: Path | None = None, *, reports: bool = False) -> str:
     from filelock import FileLock
     from mlflow.exceptions import MlflowException
 
-    embedded = not os.environ.get("MLFLOW_TRACKING_URI")
     uri = tracking_uri(root)
+    artifacts = artifacts_location(uri)  # None: a server, which keeps artifacts where it is told
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)  # note: this also sets MLFLOW_TRACKING_URI in os.environ
     _system_metrics_defaults()
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME) + (REPORTS_SUFFIX if reports else "")
-    # parallel experiments (dvc queue start -j N) may open a new embedded store at the same moment:
+    # parallel experiments (dvc queue start -j N) may open a new SQLite store at the same moment:
     # one process creates its tables and the experiment, the others wait
-    lock = FileLock(str(project_root(root) / f".{STORE_FILE}.lock")) if embedded else nullcontext()
+    store = sqlite_path(uri)
+    lock = FileLock(str(store.parent / f".{store.name}.lock")) if store is not None else nullcontext()
     try:
         with lock:
             experiment = mlflow.get_experiment_by_name(name)
             if experiment is None:
-                # the embedded store keeps artifacts beside it, wherever DVC runs the stage
-                location = (project_root(root) / ARTIFACTS_DIR).as_uri() if embedded else None
+                # a SQLite store keeps artifacts beside it (MLflow's default: ./mlruns of the
+                # working directory, wherever DVC runs the stage)
+                location = artifacts.as_uri() if artifacts is not None else None
                 try:
                     return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
                 except MlflowException:

@@ -95,3 +95,39 @@ def test_metrics_logged_twice_in_one_millisecond_to_a_run_with_a_model_do_not_fa
         monkeypatch.setattr(time, "time", real_time)
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")
     assert 0.7 in [m.value for m in history]
+
+
+def test_a_relative_sqlite_uri_names_the_projects_store_wherever_dvc_runs_the_stage(tmp_path: Path, monkeypatch):
+    project = tmp_path / "proj"
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpabc"  # dvc exp run --temp runs the stage here
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    assert tracking.tracking_uri() == f"sqlite:///{project.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db?timeout=20")
+    assert tracking.tracking_uri() == f"sqlite:///{project.resolve() / 'mlflow.db'}?timeout=20"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'elsewhere.db'}"  # absolute: as given
+
+
+@pytest.mark.parametrize("given", [None, "sqlite:///mlflow.db", "absolute"])
+def test_artifacts_land_in_mlartifacts_beside_mlflow_db_with_or_without_the_uri(tmp_path: Path, monkeypatch, given):
+    """README's store, `mlflow.db` plus `mlartifacts/`, also when MLFLOW_TRACKING_URI names it (as the
+    README's serve line does): MLflow's own default would be ./mlruns."""
+    import mlflow
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    if given == "absolute":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    elif given:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", given)
+    experiment_id = tracking.connect()
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_text("hello", "note.txt")
+    store = project.resolve()
+    assert mlflow.get_experiment(experiment_id).artifact_location == (store / "mlartifacts").as_uri()
+    assert (store / "mlartifacts" / run.info.run_id / "artifacts" / "note.txt").read_text() == "hello"
+    assert (store / "mlflow.db").is_file()
+    assert not (project / "mlruns").exists()
