@@ -2,7 +2,10 @@
 # `make server`: a team tracking server. PostgreSQL (installed from Debian's packages when missing)
 # holds runs, params and metrics; MLflow serves the artifact store itself (--serve-artifacts), so
 # clients need no storage credentials. Runs in the foreground; Ctrl-C or SIGTERM stops MLflow and
-# PostgreSQL. State (artifacts, passwords, the auth database) lives in $MLFLOW_SERVER_DIR.
+# PostgreSQL. State (artifacts, passwords, the auth database) lives in $MLFLOW_SERVER_DIR; as root,
+# PostgreSQL's data lives in /var/lib/mlflow-server/<hash of that folder's path> (printed at start,
+# and named in $MLFLOW_SERVER_DIR/postgres-location). `scripts/mlflow-server.sh --remove` deletes
+# the state folder and its database together.
 #
 # Who gets in (docs/team.md):
 # - MLflow binds to 127.0.0.1 unless MLFLOW_HOST says otherwise. On any other address it refuses to
@@ -28,6 +31,69 @@ die() {
 }
 is_loopback() { case "$1" in 127.* | localhost | ::1 | '[::1]') return 0 ;; *) return 1 ;; esac }
 random_secret() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+case "${1:-}" in
+  "") ACTION=start ;;
+  --remove) ACTION=remove ;;
+  *) die "unknown argument '$1': scripts/mlflow-server.sh [--remove]" ;;
+esac
+
+# As root, PostgreSQL runs as the postgres user, which cannot enter a private clone (under /root,
+# mode 0700), so its data lives where persistent state belongs, beside other services' in /var/lib:
+# one folder per state folder, named after a hash of its path. (Earlier versions used /var/tmp,
+# which systemd-tmpfiles ages out; such a folder is moved here at the next start.)
+PG_PARENT=/var/lib/mlflow-server
+path_hash() { printf %s "$1" | sha256sum | cut -c1-16; }
+default_pg_home() { # PostgreSQL's folder for the state folder $1 (an absolute path)
+  if [ "$(id -u)" = 0 ]; then echo "$PG_PARENT/$(path_hash "$1")"; else echo "$1"; fi
+}
+legacy_pg_home() { echo "/var/tmp/mlflow-server-postgres-$(path_hash "$1")"; } # before /var/lib
+find_pg() {
+  local dir
+  for dir in /usr/lib/postgresql/*/bin "$(dirname "$(command -v initdb 2>/dev/null || echo /none/initdb)")"; do
+    if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ] && [ -x "$dir/psql" ] && [ -x "$dir/createdb" ]; then
+      echo "$dir"
+      return 0
+    fi
+  done
+  return 1
+}
+running_here() { # the pid of a make server running on state folder $1, if any
+  local other
+  other=$(cat "$1/server.pid" 2>/dev/null) || return 1
+  [ "$other" != $$ ] && grep -qa mlflow-server.sh "/proc/$other/cmdline" 2>/dev/null && echo "$other"
+}
+
+# --- --remove: the state folder and its database, together ----------------------------------------
+if [ "$ACTION" = remove ]; then
+  [ -d "$STATE" ] || die "no state folder $STATE: nothing to remove (MLFLOW_SERVER_DIR chooses another)"
+  STATE=$(cd "$STATE" && pwd)
+  if other=$(running_here "$STATE"); then die "make server (pid $other) runs on $STATE: stop it first"; fi
+  PGHOME=$(head -n 1 "$STATE/postgres-location" 2>/dev/null || true)
+  if [ -z "$PGHOME" ]; then # a state folder of an earlier version: its database where that put it
+    PGHOME=$(default_pg_home "$STATE")
+    if [ ! -d "$PGHOME" ] && [ -d "$(legacy_pg_home "$STATE")" ]; then PGHOME=$(legacy_pg_home "$STATE"); fi
+  fi
+  if [ -f "$PGHOME/pgdata/postmaster.pid" ] && PGBIN=$(find_pg); then # left running by a killed session
+    if [ "$(id -u)" = 0 ]; then PG_AS=(env -C / runuser -u postgres --); else PG_AS=(); fi
+    setsid -w "${PG_AS[@]}" "$PGBIN/pg_ctl" -D "$PGHOME/pgdata" -m fast -w -t 60 stop >/dev/null 2>&1 || true
+  fi
+  case "$PGHOME/" in
+    "$STATE"/*) ;; # inside the state folder: removed with it
+    *)
+      if [ -d "$PGHOME" ] && [ ! -L "$PGHOME" ]; then
+        # only a folder this script made for this state folder, never one a stray file points at
+        [ "$PGHOME" = "$(default_pg_home "$STATE")" ] || [ "$PGHOME" = "$(legacy_pg_home "$STATE")" ] \
+          || [ "$(cat "$PGHOME/state-folder" 2>/dev/null)" = "$STATE" ] \
+          || die "$PGHOME does not say it holds $STATE's database (no state-folder file naming it): remove it by hand"
+        rm -rf -- "$PGHOME"
+        echo "removed PostgreSQL's data: $PGHOME" >&2
+      fi
+      ;;
+  esac
+  rm -rf -- "$STATE"
+  echo "removed the state folder: $STATE" >&2
+  exit 0
+fi
 
 # --- who may log in: decided before anything starts ---------------------------------------------
 if [ -n "${MLFLOW_AUTH_ADMIN_PASSWORD_FILE:-}" ]; then
@@ -65,16 +131,6 @@ if [ -n "$AUTH" ] && [ -x "$(dirname "$MLFLOW")/python" ] && ! "$(dirname "$MLFL
 fi
 
 # --- PostgreSQL's programs, found or installed --------------------------------------------------
-find_pg() {
-  local dir
-  for dir in /usr/lib/postgresql/*/bin "$(dirname "$(command -v initdb 2>/dev/null || echo /none/initdb)")"; do
-    if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ] && [ -x "$dir/psql" ] && [ -x "$dir/createdb" ]; then
-      echo "$dir"
-      return 0
-    fi
-  done
-  return 1
-}
 if ! PGBIN=$(find_pg); then
   echo "PostgreSQL not found: installing Debian's postgresql package" >&2
   if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -87,12 +143,7 @@ STATE=$(cd "$STATE" && pwd)
 mkdir -p "$STATE/artifacts"
 
 # --- one server per state folder; everything it started is stopped on every exit ----------------
-if [ -f "$STATE/server.pid" ]; then
-  other=$(cat "$STATE/server.pid")
-  if [ "$other" != $$ ] && grep -qa mlflow-server.sh "/proc/$other/cmdline" 2>/dev/null; then
-    die "another make server (pid $other) runs on $STATE: stop it first"
-  fi
-fi
+if other=$(running_here "$STATE"); then die "another make server (pid $other) runs on $STATE: stop it first"; fi
 echo $$ >"$STATE/server.pid"
 # Shutdown runs once, whatever arrives during it. The race it fixes: on `kill -TERM -- -<pgid>`,
 # make forwards a second SIGTERM to this script. The old `trap 'exit 130' TERM` then ran again
@@ -149,9 +200,9 @@ if [ -f "$STATE/mlflow.pid" ]; then
 fi
 
 # --- PostgreSQL's files, where the postgres user can reach them ---------------------------------
-# PostgreSQL refuses to run as root: as root it runs as the postgres user, which cannot enter a
-# private folder (a clone under /root, mode 0700). Its data then lives in a folder of its own under
-# /var/tmp, named after the state folder's path; everything else stays in the state folder.
+# PostgreSQL refuses to run as root: as root it runs as the postgres user, and its data lives in
+# $PG_PARENT/<hash of the state folder's path> (see default_pg_home); everything else stays in the
+# state folder, which names that folder in its postgres-location file.
 if [ "$(id -u)" = 0 ]; then
   PG_AS=(env -C / runuser -u postgres --) # from /, as the postgres user cannot enter a private folder
   if [ -n "${MLFLOW_PG_DIR:-}" ]; then
@@ -160,7 +211,19 @@ if [ "$(id -u)" = 0 ]; then
   elif [ -f "$STATE/pgdata/PG_VERSION" ]; then
     PGHOME=$STATE # made by an earlier version of this script, in a folder the postgres user reaches
   else
-    PGHOME=/var/tmp/mlflow-server-postgres-$(printf %s "$STATE" | sha256sum | cut -c1-16)
+    PGHOME=$(default_pg_home "$STATE")
+    if [ ! -d "$PG_PARENT" ]; then mkdir -p -m 755 "$PG_PARENT"; fi
+    if [ -L "$PG_PARENT" ] || [ "$(stat -c %U "$PG_PARENT")" != root ]; then
+      die "$PG_PARENT is not root's folder: remove it, or choose another folder with MLFLOW_PG_DIR"
+    fi
+    legacy=$(legacy_pg_home "$STATE") # where earlier versions kept it
+    if [ ! -e "$PGHOME" ] && [ -d "$legacy" ] && [ ! -L "$legacy" ] && [ "$(stat -c %U "$legacy")" = postgres ]; then
+      if [ -f "$legacy/pgdata/postmaster.pid" ]; then # left running by a killed session
+        setsid -w "${PG_AS[@]}" "$PGBIN/pg_ctl" -D "$legacy/pgdata" -m fast -w -t 60 stop >/dev/null 2>&1 || true
+      fi
+      mv -- "$legacy" "$PGHOME"
+      echo "moved PostgreSQL's data from $legacy (a temporary folder, which systemd-tmpfiles ages out) to $PGHOME" >&2
+    fi
     if [ ! -e "$PGHOME" ]; then
       mkdir -m 700 "$PGHOME" # fails if someone made it in between: never adopt a folder we did not make
       chown postgres: "$PGHOME"
@@ -172,6 +235,10 @@ if [ "$(id -u)" = 0 ]; then
 else
   PGHOME=${MLFLOW_PG_DIR:-$STATE}
 fi
+PGHOME=$(cd "$PGHOME" 2>/dev/null && pwd || echo "$PGHOME")
+# the state folder and its database find each other: --remove deletes both
+printf '%s\n' "$PGHOME" >"$STATE/postgres-location"
+if [ "$PGHOME" != "$STATE" ]; then printf '%s\n' "$STATE" >"$PGHOME/state-folder"; fi
 PGDATA_DIR=$PGHOME/pgdata
 PGRUN=$PGHOME/run # socket and log
 mkdir -p "$PGRUN"
@@ -204,7 +271,7 @@ elif grep -Eq '^[^#]*[[:space:]]trust[[:space:]]*$' "$PGDATA_DIR/pg_hba.conf"; t
   LEGACY_TRUST=1 # made by an earlier version of this script with --auth=trust: switched below
   new_pg_password
 elif [ ! -s "$PGPASSFILE" ]; then
-  die "PostgreSQL's data in $PGDATA_DIR wants a password, but $PGPASSFILE is gone: restore it, or remove $PGDATA_DIR to start afresh"
+  die "PostgreSQL's data in $PGDATA_DIR wants a password, but $PGPASSFILE is gone (was the state folder deleted without its database?): restore it, or start afresh with: MLFLOW_SERVER_DIR=$STATE $0 --remove"
 fi
 
 # --- start --------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -331,9 +332,19 @@ def test_sigterm_or_ctrl_c_stops_everything_every_time_even_as_root_from_a_priva
             with started(command, clone, env, log, sig) as (proc, server):
                 pg_homes.add(server.pgdata.parent)
                 assert server.state == clone / ".mlflow-server"
+                pg_home = server.pgdata.parent
                 if os.geteuid() == 0:
-                    assert not server.pgdata.is_relative_to(clone)
+                    # PostgreSQL's data where persistent state belongs, one folder per state folder,
+                    # named after its path: never in a temporary folder that tmpfiles ages out
+                    digest = hashlib.sha256(str(server.state).encode()).hexdigest()[:16]
+                    assert pg_home == Path("/var/lib/mlflow-server") / digest
                     assert server.pgdata.owner() == "postgres"
+                    assert stat.S_IMODE(pg_home.stat().st_mode) == 0o700
+                    assert (pg_home / "state-folder").read_text().strip() == str(server.state)
+                else:
+                    assert pg_home == server.state
+                # the state folder names its database
+                assert (server.state / "postgres-location").read_text().strip() == str(pg_home)
                 assert call(server.url, "/api/2.0/mlflow/experiments/search?max_results=1")[0] == 401
                 before = server_processes(server)
                 assert sum("postgres" in cmd for _, cmd in before.values()) >= 3, before
@@ -348,6 +359,21 @@ def test_sigterm_or_ctrl_c_stops_everything_every_time_even_as_root_from_a_priva
             assert not (server.state / "server.pid").exists()
             if attempt > 1:  # the database exists: the schema upgrade ran before MLflow started
                 assert (server.state / "db-upgrade.log").exists()
+
+        script = ["bash", str(clone / "scripts" / "mlflow-server.sh")]
+        if os.geteuid() == 0:
+            # a state folder deleted without its database: the next start refuses, and says how to
+            # remove both (--remove finds the database from the state folder's path)
+            shutil.rmtree(server.state)
+            refused = run(script, cwd=clone, env=env, timeout=120)
+            assert refused.returncode == 2, refused.stderr
+            assert f"{server.pgdata} wants a password, but {server.state}/pgpass is gone" in refused.stderr
+            assert f"MLFLOW_SERVER_DIR={server.state} " in refused.stderr and "--remove" in refused.stderr
+            assert server.pgdata.is_dir()  # the team's data is never deleted by a start
+        removed = run([*script, "--remove"], cwd=clone, env=env, timeout=120)
+        assert removed.returncode == 0, removed.stderr
+        assert not server.state.exists() and not server.pgdata.parent.exists()
+        assert f"removed the state folder: {server.state}" in removed.stderr
     finally:
         if server is not None:
             kill_leftovers(server)
