@@ -88,7 +88,7 @@ SUMMARY_COLUMNS = [
     "peak_memory_mb_max",
 ]
 
-CURVE_COLUMNS = ["variant", "step", "mean", "std", "n"]
+CURVE_COLUMNS = ["variant", "step", "mean", "std", "low", "high", "n"]
 
 
 # --- runs ----------------------------------------------------------------------------------
@@ -460,26 +460,27 @@ def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
 # --- learning curves -------------------------------------------------------------------------
 
 
-def learning_curves(histories: Mapping[tuple[str, int], pd.DataFrame], column: str) -> pd.DataFrame:
-    """Mean, sample sd (ddof=1; NaN where one seed) and seed count of ``column`` at each step,
-    per variant, in long form. Variants keep their first-seen order; rows with NaN are dropped."""
-    frames = []
-    for (variant, seed), history in histories.items():
-        for key in ("step", column):
-            if key not in history.columns:
-                raise DataError(f"history of {variant}/seed-{seed} has no {key!r} column")
-        frame = history[["step", column]].dropna(subset=[column])
-        frames.append(frame.assign(variant=variant, seed=seed))
-    if not frames:
+def learning_curves(runs: pd.DataFrame, trained: Mapping[tuple[str, int], bool] | None = None) -> pd.DataFrame:
+    """Per variant and step, over the runs that trained: the mean, the sample sd (ddof=1; NaN where
+    one run), a band of mean ± sd clipped to those runs' [min, max] (it never claims a value no run
+    had) and the run count, in long form (CURVE_COLUMNS). ``runs``: run_curves' long form;
+    ``trained`` flags each (variant, seed), a run it does not name counts as trained, None keeps
+    every run. NaN values are left out; a variant with no trained run has no rows. Variants keep
+    their first-seen order. learning_curves_*.png and the `dvc plots` curves both draw these numbers."""
+    trained = trained or {}
+    keep = np.array([trained.get((v, s), True) for v, s in zip(runs["variant"], runs["seed"], strict=True)], bool)
+    long = runs.loc[keep].dropna(subset=["value"])
+    if long.empty:
         return pd.DataFrame(columns=CURVE_COLUMNS)
-
-    long = pd.concat(frames, ignore_index=True)
-    order = {v: i for i, v in enumerate(dict.fromkeys(variant for variant, _ in histories))}
+    order = {v: i for i, v in enumerate(dict.fromkeys(runs["variant"]))}
     curves = (
-        long.groupby(["variant", "step"], sort=False)[column]
-        .agg(mean="mean", std=lambda s: s.std(ddof=1), n="count")
+        long.groupby(["variant", "step"], sort=False)["value"]
+        .agg(mean="mean", std=lambda s: s.std(ddof=1), min="min", max="max", n="count")
         .reset_index()
     )
+    spread = curves["std"].fillna(0.0)
+    curves["low"] = np.maximum(curves["mean"] - spread, curves["min"])
+    curves["high"] = np.minimum(curves["mean"] + spread, curves["max"])
     curves["n"] = curves["n"].astype("int64")
     curves = curves.assign(_rank=curves["variant"].map(order)).sort_values(["_rank", "step"], kind="stable")
     return curves.drop(columns="_rank").reset_index(drop=True)[CURVE_COLUMNS]
@@ -489,9 +490,13 @@ def run_curves(
     histories: Mapping[tuple[str, int], pd.DataFrame], column: str, window: int | None = None
 ) -> pd.DataFrame:
     """Every run's ``column`` against step, in long form (variant, seed, step, value), smoothed per run
-    over ``window`` steps when given (per-step minibatch loss is noisy)."""
+    over ``window`` steps when given (per-step minibatch loss is noisy). A history without ``step``
+    or ``column`` is a DataError naming the run."""
     frames = []
     for (variant, seed), history in histories.items():
+        for key in ("step", column):
+            if key not in history.columns:
+                raise DataError(f"history of {run_name(variant, seed)} has no {key!r} column")
         value = history[column]
         if window:
             value = value.rolling(window, min_periods=1).mean()
@@ -509,16 +514,17 @@ def collapsed_run(record: dict, num_classes: int) -> bool:
 
 
 def curve_table(curves: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Long-form learning curve for `dvc plots` (template .dvc/plots/by_variant.json): mean and a
-    mean +/- sd band per variant and step."""
-    spread = curves["std"].fillna(0.0)
+    """learning_curves' rows as `dvc plots` reads them (template .dvc/plots/by_variant.json): per
+    variant and step the mean over the runs that trained (``column``), the band ``column``_low ..
+    ``column``_high (mean ± sd within those runs' min-max) and ``runs``, how many runs that is."""
     return pd.DataFrame(
         {
             "step": curves["step"],
             "variant": curves["variant"],
             column: curves["mean"],
-            f"{column}_low": curves["mean"] - spread,
-            f"{column}_high": curves["mean"] + spread,
+            f"{column}_low": curves["low"],
+            f"{column}_high": curves["high"],
+            "runs": curves["n"],
         }
     )
 
@@ -529,12 +535,30 @@ def confusion_from_pairs(pairs: pd.DataFrame, classes: Sequence[str]) -> np.ndar
     return table.reindex(index=list(classes), columns=list(classes), fill_value=0).to_numpy()
 
 
-def rolling_mean(curves: pd.DataFrame, window: int = 20) -> pd.DataFrame:
-    """Learning curves smoothed per variant over `window` steps (per-step minibatch loss is noisy)."""
-    curves = curves.copy()
-    for column in ("mean", "std"):
-        curves[column] = curves.groupby("variant")[column].transform(lambda s: s.rolling(window, min_periods=1).mean())
-    return curves
+def _runs(n: int) -> str:
+    return "1 run" if n == 1 else f"{n} runs"
+
+
+def trained_confusions(
+    pairs: Mapping[tuple[str, int], pd.DataFrame], trained: Mapping[tuple[str, int], bool], classes: Sequence[str]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Each variant's confusion matrix summed over its runs that trained (a run that did not train
+    predicts one class: its column would be no confusion at all), and a line per variant saying which
+    runs were summed; a variant with no run that trained sums all its runs, and its line says so."""
+    by_variant: dict[str, list[tuple[int, pd.DataFrame]]] = {}
+    for (variant, seed), frame in pairs.items():
+        by_variant.setdefault(variant, []).append((seed, frame))
+    matrices, notes = {}, {}
+    for variant, runs in by_variant.items():
+        kept = [frame for seed, frame in runs if trained.get((variant, seed), True)]
+        if kept:
+            left = len(runs) - len(kept)
+            notes[variant] = f"{_runs(len(kept))} that trained" + (f" ({left} that did not left out)" if left else "")
+        else:
+            kept = [frame for _, frame in runs]
+            notes[variant] = f"no run trained: {_runs(len(runs))} summed, not a trained model's confusions"
+        matrices[variant] = confusion_from_pairs(pd.concat(kept), classes)
+    return matrices, notes
 
 
 # --- the whole report -------------------------------------------------------------------------
@@ -575,20 +599,25 @@ def _collapsed_list(records: list[dict], num_classes: int) -> str:
 # `dvc metrics diff` compare across experiments (summary.csv keeps every statistic). Short keys: a
 # column of `dvc exp show` is as wide as its name, `transposed_regularized.acc` for instance, and the
 # accuracy of 8 variants fits one screen only as `acc` (README, "Comparing experiments with DVC").
+# Units (README and docs/tracking.md say the same): `acc` and `trained_share` are fractions (0-1, as
+# test_accuracy is in every metrics file and MLflow run), `vs_baseline_pp` is in percentage points (the
+# unit of summary.md's "vs baseline, pp" column: 100 x the fraction), `train_seconds` in seconds.
+# key: (summary column, factor from the column's unit to the key's)
 SUMMARY_METRICS = {
-    "acc": "test_accuracy_mean",
-    "vs_baseline": "diff_vs_baseline_mean",
-    "trained_share": "trained_share",
-    "train_seconds": "train_seconds_mean",
+    "acc": ("test_accuracy_mean", 1),
+    "vs_baseline_pp": ("diff_vs_baseline_mean", 100),
+    "trained_share": ("trained_share", 1),
+    "train_seconds": ("train_seconds_mean", 1),
 }
 
 
 def _summary_metrics(summary: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """reports/summary.json: per variant the numbers summary.md leads with, under SUMMARY_METRICS'
-    keys: mean test accuracy, mean paired difference from the baseline (NaN for the baseline itself,
-    null in the JSON), share of runs that trained, mean training seconds."""
+    keys and units: mean test accuracy (fraction), mean paired difference from the baseline in
+    percentage points (NaN for the baseline itself, null in the JSON), share of runs that trained
+    (fraction), mean training seconds."""
     return {
-        row["variant"]: {key: row[column] for key, column in SUMMARY_METRICS.items()}
+        row["variant"]: {key: float(row[column]) * factor for key, (column, factor) in SUMMARY_METRICS.items()}
         for row in summary.to_dict("records")
     }
 
@@ -599,11 +628,23 @@ def image_maps(maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: array for name, array in maps.items() if np.ndim(array) == 4}
 
 
-def build_report(outputs: Sequence[RunOutputs], data: Prepared, params: Params, models: Mapping[str, Any]) -> Report:
+def champion_title(variant: str, record: Mapping[str, Any]) -> str:
+    """The feature maps' title: whose model they come from and why that one."""
+    return (
+        f"{variant}: feature maps after each upsampling layer, {run_name(variant, record['seed'])}, the champion"
+        f" (best validation accuracy, {record['val_accuracy'] * 100:.2f}%)"
+    )
+
+
+def build_report(
+    outputs: Sequence[RunOutputs], data: Prepared, params: Params, models: Mapping[str, tuple[int, Any]]
+) -> Report:
     """The comparison of every variant x seed run: tables, statistics, curves and figures.
 
-    ``models`` maps a variant with upsampling layers to one trained Keras model (its first seed),
-    whose feature maps are drawn for a few test images.
+    ``models`` maps a variant with upsampling layers to (seed, trained Keras model) of its champion
+    (tracking.champion: the best seed by validation accuracy), whose feature maps are drawn for a few
+    test images. The learning curves (figures and `dvc plots` CSVs) and the confusion matrices are
+    over the runs that trained (not collapsed_run), and say so.
     """
     from pipeline import figures
     from pipeline.models import activations, upsampling_layer_names
@@ -615,11 +656,13 @@ def build_report(outputs: Sequence[RunOutputs], data: Prepared, params: Params, 
     validations = dict(zip(keys, (o.validation for o in outputs), strict=True))
     histories = dict(zip(keys, (o.history for o in outputs), strict=True))
     trained = {(r["variant"], r["seed"]): not collapsed_run(r, data.num_classes) for r in records}
-    val_curves = learning_curves(validations, "val_accuracy")
-    loss_curves = rolling_mean(learning_curves(histories, "loss"))
-    matrices: dict[str, list[pd.DataFrame]] = {}
-    for key, o in zip(keys, outputs, strict=True):
-        matrices.setdefault(key[0], []).append(o.confusion_pairs)
+    val_runs = run_curves(validations, "val_accuracy")
+    loss_runs = run_curves(histories, "loss", window=LOSS_WINDOW)
+    val_curves = learning_curves(val_runs, trained)
+    loss_curves = learning_curves(loss_runs, trained)
+    matrices, notes = trained_confusions(
+        dict(zip(keys, (o.confusion_pairs for o in outputs), strict=True)), trained, data.classes
+    )
     report = Report(
         runs=runs,
         summary=summary,
@@ -634,20 +677,24 @@ def build_report(outputs: Sequence[RunOutputs], data: Prepared, params: Params, 
     report.figures = {
         "accuracy_vs_time.png": figures.accuracy_vs_time_figure(summary, runs, run_trained),
         "learning_curves_val_accuracy.png": figures.learning_curves_figure(
-            run_curves(validations, "val_accuracy"), trained, "validation accuracy (%)", percent=True
+            val_runs, trained, val_curves, "validation accuracy (%)", percent=True
         ),
         "learning_curves_loss.png": figures.learning_curves_figure(
-            run_curves(histories, "loss", window=LOSS_WINDOW), trained, f"training loss (mean of {LOSS_WINDOW} steps)"
+            loss_runs, trained, loss_curves, f"training loss (mean of {LOSS_WINDOW} steps)"
         ),
         "confusion_matrices.png": figures.confusion_matrices_figure(
-            {v: confusion_from_pairs(pd.concat(p), data.classes) for v, p in matrices.items()}, data.classes
+            matrices,
+            data.classes,
+            notes,
+            title="Confusion matrices of the runs that trained (rows: true class, normalised; counts summed over"
+            " those runs)",
         ),
     }
     images = data.x_test[:FEATURE_MAP_IMAGES]
-    for variant, model in models.items():
+    by_key = dict(zip(keys, records, strict=True))
+    for variant, (seed, model) in models.items():
         maps = image_maps(activations(model, upsampling_layer_names(params.variants[variant]), images))
-        figure = figures.feature_maps_figure(images, maps)
-        figure.suptitle(f"{variant}: feature maps after each upsampling layer (each panel scaled to its own range)")
+        figure = figures.feature_maps_figure(images, maps, title=champion_title(variant, by_key[variant, seed]))
         report.figures[f"feature_maps_{variant}.png"] = figure
     return report
 

@@ -30,9 +30,18 @@ def main(argv: list[str] | None = None) -> None:
         for variant in params.variants
         for seed in seeds
     ]
-    upsampling = [v for v, spec in params.variants.items() if models.upsampling_layer_names(spec)]
-    trained = {v: artifacts.load_model(paths.model_dir(v, seeds[0], args.models)) for v in upsampling}
-    report = reporting.build_report(outputs, prepared.load(args.data), params, trained)
+    # feature maps of each variant's champion: the run the registry's @champion alias points at
+    champions = {}
+    for variant, spec in params.variants.items():
+        if not models.upsampling_layer_names(spec):
+            continue
+        best = tracking.champion([o.record for o in outputs if o.record["variant"] == variant])
+        if best is None:
+            print(f"{variant}: no feature maps, no run has a finite validation accuracy", file=sys.stderr)
+            continue
+        seed = best["seed"]
+        champions[variant] = (seed, artifacts.load_model(paths.model_dir(variant, seed, args.models)))
+    report = reporting.build_report(outputs, prepared.load(args.data), params, champions)
     artifacts.write_report(args.out, report)
     reports = tracking.connect(reports=True)  # the registry needs only the store
     for variant, line in tracking.register_champions([o.record for o in outputs], params).items():

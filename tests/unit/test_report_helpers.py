@@ -1,4 +1,4 @@
-"""Small pieces of the compare stage: chance-level runs, dvc-plots curve tables, confusion from pairs."""
+"""Small pieces of the compare stage: chance-level runs, confusion from pairs and over trained runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from support import ROOT
 
 from pipeline.config import load_params
 from pipeline.models import upsampling_layer_names
-from pipeline.reporting import collapsed_run, confusion_from_pairs, curve_table, image_maps, rolling_mean
+from pipeline.reporting import collapsed_run, confusion_from_pairs, image_maps, trained_confusions
 
 
 def test_collapsed_runs_are_those_at_chance_level():
@@ -20,29 +20,23 @@ def test_collapsed_runs_are_those_at_chance_level():
     assert not collapsed_run({"test_accuracy": 0.5, "diverged_at_step": None}, 10)
 
 
-def test_curve_table_has_a_mean_and_a_one_sd_band():
-    curves = pd.DataFrame(
-        {"variant": ["a", "a", "b"], "step": [0, 100, 0], "mean": [0.5, 0.8, 0.4], "std": [0.1, np.nan, 0.2], "n": 2}
-    )
-    table = curve_table(curves, "val_accuracy")
-    assert list(table.columns) == ["step", "variant", "val_accuracy", "val_accuracy_low", "val_accuracy_high"]
-    assert table["val_accuracy_low"].tolist() == pytest.approx([0.4, 0.8, 0.2])
-    assert table["val_accuracy_high"].tolist() == pytest.approx([0.6, 0.8, 0.6])
-
-
 def test_confusion_from_pairs_counts_by_class_name_in_class_order():
     pairs = pd.DataFrame({"actual": ["b", "b", "a", "c"], "predicted": ["b", "a", "a", "b"]})
     matrix = confusion_from_pairs(pairs, ["a", "b", "c"])
     assert matrix.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 0]]
 
 
-def test_rolling_mean_smooths_within_each_variant():
-    curves = pd.DataFrame(
-        {"variant": ["a"] * 3 + ["b"] * 2, "step": [0, 1, 2, 0, 1], "mean": [1.0, 3.0, 5.0, 10.0, 20.0]}
-    )
-    curves["std"] = 0.0
-    smoothed = rolling_mean(curves, window=2)
-    assert smoothed["mean"].tolist() == [1.0, 2.0, 4.0, 10.0, 15.0]  # b does not mix with a
+def test_trained_confusions_leave_out_the_runs_that_did_not_train_and_say_so():
+    right = pd.DataFrame({"actual": ["a", "b"], "predicted": ["a", "b"]})
+    one_class = pd.DataFrame({"actual": ["a", "b"], "predicted": ["b", "b"]})
+    pairs = {("v", 1): right, ("v", 2): one_class, ("v", 3): right, ("w", 1): one_class}
+    trained = {("v", 1): True, ("v", 2): False, ("v", 3): True, ("w", 1): False}
+    matrices, notes = trained_confusions(pairs, trained, ["a", "b"])
+    assert matrices["v"].tolist() == [[2, 0], [0, 2]]  # seeds 1 and 3 only
+    assert notes["v"] == "2 runs that trained (1 that did not left out)"
+    # no run trained: every run, and the note says so rather than pass it off as confusions
+    assert matrices["w"].tolist() == [[0, 1], [0, 1]]
+    assert notes["w"] == "no run trained: 1 run summed, not a trained model's confusions"
 
 
 def test_upsampling_layers_of_the_shipped_variants():

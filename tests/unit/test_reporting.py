@@ -11,12 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from support import ROOT
 
 from pipeline.errors import DataError
 from pipeline.reporting import (
     RUN_COLUMNS,
     _summary_metrics,
+    build_report,
+    curve_table,
     learning_curves,
+    run_curves,
     runs_table,
     summarize,
     summary_markdown,
@@ -611,26 +615,32 @@ def test_summary_markdown_handles_nan_and_missing_baseline():
 
 
 def test_summary_metrics_are_a_few_short_keys_per_variant():
-    """What `dvc exp show` and `dvc metrics diff` compare: per variant the mean test accuracy, the
-    paired difference from the baseline, the trained share and the mean training seconds."""
+    """What `dvc exp show` and `dvc metrics diff` compare: per variant the mean test accuracy
+    (fraction), the paired difference from the baseline (percentage points, as every table gives it),
+    the trained share (fraction) and the mean training seconds."""
     summary = collapsed_summary()
     metrics = _summary_metrics(summary)
     assert list(metrics) == ["baseline", "collapsed"]
-    keys = ["acc", "vs_baseline", "trained_share", "train_seconds"]
+    keys = ["acc", "vs_baseline_pp", "trained_share", "train_seconds"]
     assert all(list(values) == keys for values in metrics.values())
-    # baseline: mean 4.52 / 5 = 0.904, 5/5 trained; collapsed: 0.752, -0.152 paired, 4/5 trained;
-    # train_seconds 101..105 for both -> 103
+    # baseline: mean 4.52 / 5 = 0.904, 5/5 trained; collapsed: 0.752, -0.152 paired = -15.2 pp, 4/5
+    # trained; train_seconds 101..105 for both -> 103
     assert metrics["baseline"]["acc"] == pytest.approx(0.904)
-    assert math.isnan(metrics["baseline"]["vs_baseline"])  # the reference: null in summary.json
+    assert math.isnan(metrics["baseline"]["vs_baseline_pp"])  # the reference: null in summary.json
     assert metrics["baseline"]["trained_share"] == 1.0
     assert metrics["collapsed"] == pytest.approx(
-        {"acc": 0.752, "vs_baseline": -0.152, "trained_share": 0.8, "train_seconds": 103.0}
+        {"acc": 0.752, "vs_baseline_pp": -15.2, "trained_share": 0.8, "train_seconds": 103.0}
     )
-    # the very numbers of summary.csv, as plain Python numbers json can write
+    # the very numbers of summary.csv (the difference times 100), as plain Python numbers json can write
     for variant, values in metrics.items():
         assert values["acc"] == row(summary, variant)["test_accuracy_mean"]
         assert values["train_seconds"] == row(summary, variant)["train_seconds_mean"]
         assert all(type(v) is float for v in values.values())
+    assert metrics["collapsed"]["vs_baseline_pp"] == 100 * row(summary, "collapsed")["diff_vs_baseline_mean"]
+    # in the same points as the Markdown table's "vs baseline, pp" cell
+    header, body = markdown_table(summary_markdown(summary))
+    cell = dict(zip(header, body[1], strict=True))["vs baseline, pp [95% CI]"]
+    assert cell.startswith(f"{metrics['collapsed']['vs_baseline_pp']:+.2f} ")
 
 
 def test_summary_json_has_null_for_the_baselines_own_difference(tmp_path):
@@ -638,8 +648,8 @@ def test_summary_json_has_null_for_the_baselines_own_difference(tmp_path):
 
     write_json(tmp_path / "summary.json", _summary_metrics(collapsed_summary()))
     written = read_json(tmp_path / "summary.json")
-    assert written["baseline"]["vs_baseline"] is None
-    assert written["collapsed"]["vs_baseline"] == pytest.approx(-0.152)
+    assert written["baseline"]["vs_baseline_pp"] is None
+    assert written["collapsed"]["vs_baseline_pp"] == pytest.approx(-15.2)
 
 
 # --- learning curves -------------------------------------------------------------------------
@@ -649,10 +659,13 @@ def test_learning_curves_by_hand():
     histories = {
         ("a", 1): pd.DataFrame({"step": [0, 100, 200], "val_accuracy": [0.5, 0.7, 0.9]}),
         ("a", 2): pd.DataFrame({"step": [0, 100, 200], "val_accuracy": [0.3, np.nan, 0.8], "loss": 1.0}),
+        ("a", 3): pd.DataFrame({"step": [0, 100, 200], "val_accuracy": [0.1, 0.1, 0.1]}),  # did not train
         ("b", 1): pd.DataFrame({"step": [0, 100], "val_accuracy": [0.2, 0.4]}),
+        ("c", 1): pd.DataFrame({"step": [0, 100], "val_accuracy": [0.1, 0.1]}),  # did not train: no rows
     }
-    curves = learning_curves(histories, "val_accuracy")
-    assert list(curves.columns) == ["variant", "step", "mean", "std", "n"]
+    trained = {("a", 3): False, ("c", 1): False}  # a run it does not name counts as trained
+    curves = learning_curves(run_curves(histories, "val_accuracy"), trained)
+    assert list(curves.columns) == ["variant", "step", "mean", "std", "low", "high", "n"]
     assert list(zip(curves["variant"], curves["step"], strict=True)) == [
         ("a", 0),
         ("a", 100),
@@ -660,17 +673,112 @@ def test_learning_curves_by_hand():
         ("b", 0),
         ("b", 100),
     ]
-    # a@0: (0.5 + 0.3)/2 = 0.4, sd = sqrt((0.1^2 + 0.1^2)/1) = 0.1414214
-    # a@100: the NaN row is dropped -> only 0.7, n = 1, sd NaN
-    # a@200: (0.9 + 0.8)/2 = 0.85, sd = sqrt(2 * 0.05^2) = 0.0707107
+    # a@0: (0.5 + 0.3)/2 = 0.4, sd = sqrt((0.1^2 + 0.1^2)/1) = 0.1414214; band 0.4 +- 0.1414 within [0.3, 0.5]
+    # a@100: the NaN row is dropped -> only 0.7, n = 1, sd NaN, band [0.7, 0.7]
+    # a@200: (0.9 + 0.8)/2 = 0.85, sd = sqrt(2 * 0.05^2) = 0.0707107 within [0.8, 0.9]: [0.7793, 0.9207] -> [0.8, 0.9]
     assert curves["mean"].tolist() == pytest.approx([0.4, 0.7, 0.85, 0.2, 0.4])
     assert curves["n"].tolist() == [2, 1, 2, 1, 1]
     assert curves.loc[0, "std"] == pytest.approx(0.1414214, abs=1e-7)
     assert math.isnan(curves.loc[1, "std"])
     assert curves.loc[2, "std"] == pytest.approx(0.0707107, abs=1e-7)
+    assert curves["low"].tolist() == pytest.approx([0.3, 0.7, 0.8, 0.2, 0.4])
+    assert curves["high"].tolist() == pytest.approx([0.5, 0.7, 0.9, 0.2, 0.4])
+    # every run, dead ones included, when nothing is flagged: a@200 = (0.9 + 0.8 + 0.1)/3 = 0.6
+    everyone = learning_curves(run_curves(histories, "val_accuracy"))
+    assert everyone.loc[(everyone["variant"] == "a") & (everyone["step"] == 200), "mean"].item() == pytest.approx(0.6)
 
 
-def test_learning_curves_missing_column():
+def test_learning_curves_band_stays_within_the_runs():
+    """mean +- sd can leave [min, max] (one run far from the rest); the band never does."""
+    values = [0.80, 0.80, 0.80, 0.20]  # mean 0.65, sd 0.3: 0.35 .. 0.95, but no run passed 0.80
+    long = pd.DataFrame({"variant": "a", "seed": [1, 2, 3, 4], "step": 0, "value": values})
+    (band,) = learning_curves(long).itertuples(index=False)
+    assert (band.mean, band.std) == pytest.approx((0.65, 0.3))
+    assert (band.low, band.high) == pytest.approx((0.35, 0.80))
+
+
+def test_run_curves_smooth_each_run_and_name_a_missing_column():
+    history = pd.DataFrame({"step": [0, 1, 2], "loss": [3.0, 1.0, 2.0]})
+    smoothed = run_curves({("a", 1): history}, "loss", window=2)
+    assert smoothed.to_dict("list") == {
+        "variant": ["a"] * 3,
+        "seed": [1] * 3,
+        "step": [0, 1, 2],
+        "value": [3.0, 2.0, 1.5],
+    }
     with pytest.raises(DataError, match=r"b/seed-3.*'val_loss'"):
-        learning_curves({("b", 3): pd.DataFrame({"step": [0], "loss": [1.0]})}, "val_loss")
-    assert learning_curves({}, "loss").empty
+        run_curves({("b", 3): pd.DataFrame({"step": [0], "loss": [1.0]})}, "val_loss")
+    assert learning_curves(run_curves({}, "loss")).empty
+
+
+def test_curve_table_is_what_dvc_plots_reads():
+    long = pd.DataFrame({"variant": "a", "seed": [1, 2, 3], "step": 5, "value": [0.5, 0.7, 0.1]})
+    table = curve_table(learning_curves(long, {("a", 3): False}), "val_accuracy")
+    assert table.columns.tolist() == [
+        "step",
+        "variant",
+        "val_accuracy",
+        "val_accuracy_low",
+        "val_accuracy_high",
+        "runs",
+    ]
+    assert table.iloc[0].tolist() == [5, "a", pytest.approx(0.6), pytest.approx(0.5), pytest.approx(0.7), 2]
+
+
+# --- the whole report, on runs made up here ---------------------------------------------------
+
+
+def run_outputs(variant: str, seed: int, accuracy: float):
+    """One run's files as compare reads them; a run below 15% predicts class "b" for everything."""
+    from types import SimpleNamespace
+
+    dead = accuracy < 0.15
+    val = [0.1, 0.1] if dead else [0.1 + seed / 100, accuracy]
+    actual = ["a", "b", "c", "a"]
+    return SimpleNamespace(
+        record=record(variant, seed, accuracy, val_accuracy=val[-1]),
+        history=pd.DataFrame({"step": [0, 1], "loss": [2.3, 2.3] if dead else [2.0, 1.0 + seed / 10]}),
+        validation=pd.DataFrame({"step": [0, 1], "val_accuracy": val}),
+        confusion_pairs=pd.DataFrame({"actual": actual, "predicted": ["b"] * 4 if dead else actual}),
+    )
+
+
+def test_build_report_curves_and_confusions_are_over_the_runs_that_trained():
+    from types import SimpleNamespace
+
+    from pipeline.config import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    accuracies = {"baseline": [0.80, 0.82, 0.81], "transposed": [0.84, 0.10, 0.86]}  # transposed seed 2 died
+    outputs = [run_outputs(v, seed, acc) for v, accs in accuracies.items() for seed, acc in enumerate(accs, 1)]
+    data = SimpleNamespace(num_classes=10, classes=("a", "b", "c"), dataset="made_up", x_test=np.zeros((3, 4, 4, 1)))
+    report = build_report(outputs, data, params, models={})
+
+    # dvc plots' validation curve: transposed at step 1 is the mean of seeds 1 and 3, (0.84 + 0.86) / 2
+    val = report.curves["val_accuracy"].set_index(["variant", "step"])
+    assert val.loc[("transposed", 1), "val_accuracy"] == pytest.approx(0.85)
+    assert val.loc[("transposed", 1), "runs"] == 2
+    assert (val.loc[("transposed", 1), "val_accuracy_low"], val.loc[("transposed", 1), "val_accuracy_high"]) == (
+        pytest.approx((0.84, 0.86))
+    )
+    # ... and the PNG's thick line is the same numbers, in percent
+    (ax,) = report.figures["learning_curves_val_accuracy.png"].axes
+    thick = [line for line in ax.get_lines() if line.get_linewidth() == 2.0 and len(line.get_xdata())]
+    curve = report.curves["val_accuracy"]
+    for line, variant in zip(thick, ["baseline", "transposed"], strict=True):
+        expected = curve.loc[curve["variant"] == variant, "val_accuracy"] * 100
+        assert line.get_ydata().tolist() == pytest.approx(expected.tolist())
+    # the loss curve too: transposed's dead run (2.3) is not in it; smoothed over 20 steps per run
+    loss = report.curves["loss"].set_index(["variant", "step"])
+    assert loss.loc[("transposed", 1), "loss"] == pytest.approx(((2.0 + 1.1) / 2 + (2.0 + 1.3) / 2) / 2)
+
+    # the confusion matrix leaves the dead run's all-"b" column out, and says so
+    fig = report.figures["confusion_matrices.png"]
+    axes = [a for a in fig.axes if a.images]
+    transposed = axes[1].images[0].get_array()
+    np.testing.assert_allclose(transposed, np.eye(3))
+    assert axes[1].get_title() == "transposed (pooled accuracy 100.00%)\n2 runs that trained (1 that did not left out)"
+    assert fig.get_suptitle().startswith("Confusion matrices of the runs that trained")
+
+    # summary.json: the difference in points, as its key says
+    assert report.metrics["transposed"]["vs_baseline_pp"] == pytest.approx((0.04 - 0.72 + 0.05) / 3 * 100)
