@@ -380,7 +380,8 @@ def test_kill_9_mid_training_leaves_nothing_dvc_trusts_and_the_rerun_succeeds(re
     assert "train@baseline-1" not in changed_stages(repo)
 
 
-SUMMARY_KEYS = {"acc", "vs_baseline", "trained_share", "train_seconds"}
+# units: acc and trained_share fractions, vs_baseline_pp percentage points, train_seconds seconds
+SUMMARY_KEYS = {"acc", "vs_baseline_pp", "trained_share", "train_seconds"}
 
 
 def exp_show(repo: Path) -> dict[str, dict]:
@@ -414,7 +415,7 @@ def test_dvc_compares_experiments_by_the_summary_per_variant_only(repo: Path):
         assert list(summary) == variants, name
         for variant, values in summary.items():
             # the baseline's difference from itself is null in summary.json, which DVC leaves out
-            assert set(values) == SUMMARY_KEYS - ({"vs_baseline"} if variant == "baseline" else set()), name
+            assert set(values) == SUMMARY_KEYS - ({"vs_baseline_pp"} if variant == "baseline" else set()), name
             assert 0.0 <= values["acc"] <= 1.0 and 0.0 <= values["trained_share"] <= 1.0
             assert values["train_seconds"] > 0
     assert rows["eval-batch-50"]["params"]["params.yaml"]["data"]["evaluate"]["batch_size"] == 50
@@ -426,12 +427,13 @@ def test_dvc_compares_experiments_by_the_summary_per_variant_only(repo: Path):
         assert values["trained_share"] == pytest.approx(expected["trained_share"], rel=1e-12)
         assert values["train_seconds"] == pytest.approx(expected["train_seconds_mean"], rel=1e-12)
         if variant != "baseline":
-            assert values["vs_baseline"] == pytest.approx(expected["diff_vs_baseline_mean"], abs=1e-12)
+            # in points: 100 x summary.csv's fraction, as summary.md's "vs baseline, pp" column
+            assert values["vs_baseline_pp"] == pytest.approx(100 * expected["diff_vs_baseline_mean"], abs=1e-10)
 
     # `dvc metrics diff <experiment>` (against the workspace) lists those keys, and nothing per seed
     diff = json.loads(dvc(repo, "metrics", "diff", "eval-batch-50", "--all", "--json").stdout)
     assert list(diff) == ["reports/summary.json"]
-    expected_keys = {f"{v}.{k}" for v in variants for k in SUMMARY_KEYS} - {"baseline.vs_baseline"}
+    expected_keys = {f"{v}.{k}" for v in variants for k in SUMMARY_KEYS} - {"baseline.vs_baseline_pp"}
     assert set(diff["reports/summary.json"]) == expected_keys
     text = dvc(repo, "metrics", "diff", "eval-batch-50", "--all").stdout
     assert "transposed.acc" in text and f"{variants[-1]}.trained_share" in text
