@@ -159,6 +159,10 @@ def _format_p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.2g}"
 
 
+def _comparisons(m: int) -> str:
+    return f"{m} comparison{'' if m == 1 else 's'}"
+
+
 def _verdict(
     comparison: statistics.PairedComparison, p_adjusted: float, alpha: float, m: int, reference: str = "baseline"
 ) -> str:
@@ -178,7 +182,7 @@ def _verdict(
     if comparison.smallest_possible_p_value * m >= alpha:
         floor = f"; {n} seeds cannot reach significance here, whatever the difference"
     return (
-        f"{pp}, {word} (Holm-adjusted {_format_p(p_adjusted)} over {m} comparisons;"
+        f"{pp}, {word} (Holm-adjusted {_format_p(p_adjusted)} over the {_comparisons(m)} with {reference};"
         f" sign-flip {_format_p(comparison.p_value)}, t-test {_format_p(comparison.p_value_ttest)},"
         f" {n} paired seeds{floor})"
     )
@@ -290,6 +294,8 @@ def summarize(
     summary.attrs["confidence"] = confidence
     summary.attrs["baseline"] = baseline
     summary.attrs["comparisons"] = m
+    # the Holm family: the comparisons with a p-value (fewer than 2 paired seeds give none)
+    summary.attrs["compared"] = [v for v in compared if not math.isnan(comparisons[v].p_value)]
     return summary
 
 
@@ -348,14 +354,14 @@ def _fisher_cell(p: float, adjusted: float, verdict: str) -> str:
     return _NA if _isnan(p) else f"{p:.3g} ({adjusted:.3g})"
 
 
-def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
-    """The summary as a readable Markdown table, one verdict bullet per compared variant, and what
-    the tests could and could not detect."""
+def summary_table_markdown(summary: pd.DataFrame) -> str:
+    """The summary as one Markdown table: reliability (trained share, Fisher's p) first, then accuracy
+    over all runs and, beside it, over the seeds where both runs trained, then cost."""
     confidence = summary.attrs.get("confidence", 0.95)
     baseline = summary.attrs.get("baseline")
-    m = summary.attrs.get("comparisons", 1)
     ci = f"{confidence * 100:g}% CI"
     col = summary.__getitem__
+    p_cell = [_NA if _isnan(p) else f"{p:.3g}" for p in col("p_value_adjusted")]
     table = pd.DataFrame(
         {
             "variant": col("variant"),
@@ -388,8 +394,7 @@ def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
                     col("diff_vs_baseline_mean"), col("diff_ci_low"), col("diff_ci_high"), col("verdict"), strict=True
                 )
             ],
-            "p (Holm)": [_NA if _isnan(p) else f"{p:.3g}" for p in col("p_value_adjusted")],
-            "detectable pp": [_NA if _isnan(d) else f"{d * 100:.1f}" for d in col("min_detectable_diff")],
+            "p (Holm)": p_cell,
             "if both trained: pp [CI] (pairs)": [
                 "reference"
                 if verdict == "reference"
@@ -405,6 +410,8 @@ def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
                     strict=True,
                 )
             ],
+            "p (Holm), both trained": [_NA if _isnan(p) else f"{p:.3g}" for p in col("trained_p_value_adjusted")],
+            "detectable pp": [_NA if _isnan(d) else f"{d * 100:.1f}" for d in col("min_detectable_diff")],
             "train s (mean ± sd)": [
                 _mean_pm_sd(mu, sd, ".1f")
                 for mu, sd in zip(col("train_seconds_mean"), col("train_seconds_std"), strict=True)
@@ -413,21 +420,96 @@ def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
             "FLOPs/image": [_thousands(v) for v in col("flops_per_image")],
         }
     )
-    numeric = {"params", "inference img/s", "FLOPs/image", "p (Holm)", "detectable pp", "trained: Fisher p (Holm)"}
+    numeric = {
+        "params",
+        "inference img/s",
+        "FLOPs/image",
+        "p (Holm)",
+        "p (Holm), both trained",
+        "detectable pp",
+        "trained: Fisher p (Holm)",
+    }
     colalign = ["right" if c in numeric else "left" for c in table.columns]
+    return table.to_markdown(index=False, disable_numparse=True, colalign=colalign)
 
-    parts = []
-    if title:
-        parts.append(f"# {title}\n")
-    parts.append(table.to_markdown(index=False, disable_numparse=True, colalign=colalign))
-    bullets = [
-        f"- **{variant}**: {verdict}"
-        for variant, verdict in zip(col("variant"), col("verdict"), strict=True)
-        if verdict != "reference"
-    ]
-    if bullets and baseline not in set(col("variant")):
-        parts.append("\n" + "\n".join(bullets))
-    elif bullets:
+
+def holm_family(summary: pd.DataFrame) -> str:
+    """What a Holm-adjusted p-value of this summary is adjusted over, in words: 'the 7 comparisons with
+    baseline (transposed, ...)'. A p-value adjusted over another family is not the same number."""
+    baseline = summary.attrs.get("baseline")
+    compared = summary.attrs.get("compared", [])
+    m = summary.attrs.get("comparisons", len(compared))
+    return f"the {_comparisons(m)} with {baseline} ({', '.join(compared)})"
+
+
+def _established(p: float, alpha: float) -> str:
+    return "established" if p < alpha else "not established"
+
+
+def _lead_line(row: Mapping[str, Any], baseline: str, base_row: Mapping[str, Any], alpha: float) -> str:
+    """A variant's bullet: reliability first (its trained share against the reference's, Fisher's p),
+    then accuracy when both trained, then over all runs; each with its Holm-adjusted p."""
+    share = f"{int(row['trained_runs'])}/{int(row['n_seeds'])}"
+    base_share = f"{int(base_row['trained_runs'])}/{int(base_row['n_seeds'])}"
+    parts = [f"trained {share} against {base_share}"]
+    if not _isnan(row["trained_p_fisher"]):
+        if row["trained_runs"] * base_row["n_seeds"] == base_row["trained_runs"] * row["n_seeds"]:
+            parts[0] += " (the same share)"
+        else:
+            p, adjusted = row["trained_p_fisher"], row["trained_p_fisher_adjusted"]
+            parts[0] += (
+                f" (Fisher's exact p = {p:.2g}, Holm {adjusted:.2g}: a difference in how often runs train is"
+                f" {_established(adjusted, alpha)})"
+            )
+    both = row["trained_diff_mean"]
+    everything = row["diff_vs_baseline_mean"]
+    if not _isnan(both) and row["trained_pairs"] != row["n_paired_seeds"]:
+        p = row["trained_p_value_adjusted"]
+        parts.append(
+            f"when both trained {_diff_cell(both, row['trained_diff_ci_low'], row['trained_diff_ci_high'], '')} pp"
+            f" over {int(row['trained_pairs'])} pairs ({'Holm ' + _format_p(p) if not _isnan(p) else 'untested'})"
+        )
+    if not _isnan(everything):
+        p = row["p_value_adjusted"]
+        tested = f"Holm {_format_p(p)}: {_established(p, alpha)}" if not _isnan(p) else "untested"
+        parts.append(
+            f"over all {int(row['n_paired_seeds'])} paired runs"
+            f" {_diff_cell(everything, row['diff_ci_low'], row['diff_ci_high'], '')} pp ({tested})"
+            + (
+                ", a mean that mixes runs that died with runs that trained"
+                if row["trained_pairs"] != row["n_paired_seeds"]
+                else ""
+            )
+        )
+    return f"- **{row['variant']}**: " + "; ".join(parts) + "."
+
+
+def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
+    """reports/summary.md: what the runs say, led as the README leads. First how often each variant
+    trains (reliability, Fisher's exact test against the reference), then how accurate it is when it
+    trains and over all runs (paired with the reference by seed), each p-value Holm-adjusted over a
+    family the text names; then the table and how to read it."""
+    confidence = summary.attrs.get("confidence", 0.95)
+    alpha = 1 - confidence
+    baseline = summary.attrs.get("baseline")
+    m = summary.attrs.get("comparisons", 1)
+    col = summary.__getitem__
+    parts = [f"# {title}\n"] if title else []
+    rows = {row["variant"]: row for row in summary.to_dict("records")}
+    compared = [row for row in rows.values() if row["verdict"] != "reference"]
+    if baseline in rows and compared:
+        parts.append(
+            f"Each variant against **{baseline}**, paired by seed. Every Holm-adjusted p-value here is adjusted over"
+            f" {holm_family(summary)}; a p-value adjusted over another set of comparisons (another reference,"
+            " other variants) is another number. A run *trained* when its test accuracy reached 1.5x chance;"
+            " reliability and accuracy are reported apart, because a run that dies (predicts one class) moves a"
+            " mean by tens of points.\n"
+        )
+        parts.append("\n".join(_lead_line(row, baseline, rows[baseline], alpha) for row in compared) + "\n")
+    elif compared:
+        parts.append("\n".join(f"- **{row['variant']}**: {row['verdict']}" for row in compared) + "\n")
+    parts.append(summary_table_markdown(summary))
+    if baseline in rows and compared:
         # (floor, paired seeds) of the compared rows: the note names the seeds of the lowest floor
         floors = [
             (p, n)
@@ -436,23 +518,21 @@ def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
         ]
         floor = (
             f" With {int(min(floors)[1])} paired seeds the sign-flip test cannot give p below"
-            f" {min(floors)[0]:.3g}, so after Holm's adjustment over {m} comparisons a difference is significant only"
-            f" if p x {m} < {1 - confidence:g}."
+            f" {min(floors)[0]:.3g}, so after Holm's adjustment over {_comparisons(m)} a difference is significant only"
+            f" if p x {m} < {alpha:g}."
             if floors
             else ""
         )
         parts.append(
-            f"\nCompared with **{baseline}**, paired by seed. Verdicts use the exact sign-flip permutation"
-            f" test on the paired differences, Holm-adjusted over the {m} comparisons with {baseline}; the paired"
-            f" t-test is shown beside it (it assumes normal differences, which a run that died breaks)."
+            f"\n*trained*: runs whose test accuracy reached 1.5x chance, with a Wilson interval; *Fisher p*:"
+            f" Fisher's exact test (two-sided) of the trained count against {baseline}'s, Holm-adjusted in"
+            f" brackets. *vs {baseline}*: the mean paired difference over all runs, with the exact sign-flip"
+            f" permutation test on the paired differences (the paired t-test, which a run that died breaks, is in"
+            f" summary.csv); *if both trained*: the same over the seeds where both runs trained, conditional on"
+            f" training: read it beside the all-runs one, never instead. Holm: over {holm_family(summary)}."
             f"{floor} *detectable pp*: the smallest true mean difference these seeds would detect with 80%"
-            f" power at the spread observed (paired t-test at {1 - confidence:g}/{m})."
-            " *trained*: runs whose test accuracy reached 1.5x chance (Wilson interval); *Fisher p*: Fisher's"
-            f" exact test (two-sided) of the trained count against {baseline}'s, Holm-adjusted over the same"
-            f" {m} comparisons in brackets; intervals on means"
-            " are percentile bootstraps, so they stay within the data's range. *if both trained*: the"
-            " difference over the seeds where both runs trained, conditional on training: read it beside the"
-            " unconditional one, never instead.\n\n" + "\n".join(bullets)
+            f" power at the spread observed (paired t-test at {alpha:g}/{m}). Intervals on means are percentile"
+            " bootstraps, so they stay within the data's range."
         )
     return "\n".join(parts) + "\n"
 

@@ -228,11 +228,12 @@ def test_collapsed_run_reliability_accuracy_and_paired_comparison():
     assert c["trained_p_value_adjusted"] == pytest.approx(6 / 16, rel=1e-12)
 
     assert c["verdict"].startswith(
-        "-15.20 pp vs baseline, not significant (Holm-adjusted p=0.94 over 1 comparisons; sign-flip p=0.94,"
+        "-15.20 pp vs baseline, not significant (Holm-adjusted p=0.94 over the 1 comparison with baseline;"
+        " sign-flip p=0.94,"
     )
     assert f"t-test p={c['p_value_ttest']:.2g}, 5 paired seeds" in c["verdict"]
     assert c["verdict"].endswith("; 5 seeds cannot reach significance here, whatever the difference)")
-    assert summary.attrs == {"confidence": 0.95, "baseline": "baseline", "comparisons": 1}
+    assert summary.attrs == {"confidence": 0.95, "baseline": "baseline", "comparisons": 1, "compared": ["collapsed"]}
 
 
 def test_baseline_row_is_the_reference():
@@ -354,13 +355,16 @@ def test_holm_adjustment_across_all_comparisons_by_hand():
         "borderline": False,
     }
     assert row(summary, "clear")["verdict"].startswith(
-        "+1.80 pp vs baseline, significant (Holm-adjusted p=0.0059 over 3 comparisons; sign-flip p=0.002,"
+        "+1.80 pp vs baseline, significant (Holm-adjusted p=0.0059 over the 3 comparisons with baseline;"
+        " sign-flip p=0.002,"
     )
     assert row(summary, "borderline")["verdict"].startswith(
-        "+1.40 pp vs baseline, not significant (Holm-adjusted p=0.059 over 3 comparisons; sign-flip p=0.029,"
+        "+1.40 pp vs baseline, not significant (Holm-adjusted p=0.059 over the 3 comparisons with baseline;"
+        " sign-flip p=0.029,"
     )
     assert row(summary, "weak")["verdict"].startswith(
-        "+1.10 pp vs baseline, not significant (Holm-adjusted p=0.059 over 3 comparisons; sign-flip p=0.041,"
+        "+1.10 pp vs baseline, not significant (Holm-adjusted p=0.059 over the 3 comparisons with baseline;"
+        " sign-flip p=0.041,"
     )
     # 3 x 2/1024 < 0.05: ten seeds can reach significance, so no verdict carries the floor clause
     assert not any("cannot reach significance" in v for v in summary["verdict"])
@@ -463,9 +467,10 @@ def test_untestable_variants_do_not_count_as_comparisons():
     )
     summary = summarize(data, NUM_CLASSES)
     assert summary.attrs["comparisons"] == 1
+    assert summary.attrs["compared"] == ["clear"]  # the Holm family: "other" shares no seed with the baseline
     clear = row(summary, "clear")
     assert clear["p_value_adjusted"] == pytest.approx(2 / 1024, rel=1e-12)  # m = 1: unchanged
-    assert "Holm-adjusted p=0.002 over 1 comparisons" in clear["verdict"]
+    assert "Holm-adjusted p=0.002 over the 1 comparison with baseline" in clear["verdict"]
     d = np.array(HOLM_DIFFS["clear"]) / 100
     assert power_of_paired_t(clear["min_detectable_diff"], d.std(ddof=1), 10, 0.05) == pytest.approx(0.8, abs=1e-6)
     assert math.isnan(row(summary, "other")["p_value_adjusted"])
@@ -516,8 +521,9 @@ def test_summary_markdown_table_cells():
         "test accuracy % [95% CI]",
         "vs baseline, pp [95% CI]",
         "p (Holm)",
-        "detectable pp",
         "if both trained: pp [CI] (pairs)",
+        "p (Holm), both trained",
+        "detectable pp",
         "train s (mean ± sd)",
         "inference img/s",
         "FLOPs/image",
@@ -551,7 +557,9 @@ def test_summary_markdown_table_cells():
     assert col["if both trained: pp [CI] (pairs)"] == (
         f"+1.25 [{c['trained_diff_ci_low'] * 100:+.2f}, {c['trained_diff_ci_high'] * 100:+.2f}] (4)"
     )
+    assert col["p (Holm), both trained"] == "0.375"  # 6/16, one comparison
     assert base["vs baseline, pp [95% CI]"] == base["if both trained: pp [CI] (pairs)"] == "reference"
+    assert base["p (Holm), both trained"] == "n/a"
     assert base["p (Holm)"] == base["detectable pp"] == "n/a"
     assert base["train s (mean ± sd)"] == col["train s (mean ± sd)"] == "103.0 ± 1.6"  # 101..105: sd 1.58
     assert base["inference img/s"] == "54,321"
@@ -559,12 +567,19 @@ def test_summary_markdown_table_cells():
     # machine names stay in the DataFrame (the CSV), not in the Markdown
     assert "test_accuracy_mean" not in text
 
-    assert bullets(text) == [f"- **collapsed**: {c['verdict']}"]
-    assert "not significant (Holm-adjusted p=0.94 over 1 comparisons" in bullets(text)[0]
+    # reliability first, then accuracy when both trained beside the all-runs difference
+    assert bullets(text) == [
+        "- **collapsed**: trained 4/5 against 5/5 (Fisher's exact p = 1, Holm 1: a difference in how often runs"
+        f" train is not established); when both trained +1.25 [{c['trained_diff_ci_low'] * 100:+.2f},"
+        f" {c['trained_diff_ci_high'] * 100:+.2f}] pp over 4 pairs (Holm p=0.38); over all 5 paired runs -15.20"
+        f" [{c['diff_ci_low'] * 100:+.2f}, {c['diff_ci_high'] * 100:+.2f}] pp (Holm p=0.94: not established), a"
+        " mean that mixes runs that died with runs that trained."
+    ]
+    assert "adjusted over the 1 comparison with baseline (collapsed)" in text
     # five non-zero differences: the sign-flip test cannot go below 2 / 2^5 = 0.0625 > 0.05
     assert (
         "With 5 paired seeds the sign-flip test cannot give p below 0.0625, so after Holm's adjustment over"
-        " 1 comparisons a difference is significant only if p x 1 < 0.05." in text
+        " 1 comparison a difference is significant only if p x 1 < 0.05." in text
     )
 
 
@@ -579,16 +594,18 @@ def test_summary_markdown_verdicts_use_the_holm_adjusted_p():
     assert [line.split("**")[1] for line in lines] == ["weak", "clear", "borderline"]
     weak, clear, borderline = lines
     # raw p of weak (0.041) and borderline (0.029) are below 0.05, their adjusted 0.059 are not
-    assert weak.startswith("- **weak**: +1.10 pp vs baseline, not significant (Holm-adjusted p=0.059")
-    assert "sign-flip p=0.041" in weak
-    assert borderline.startswith("- **borderline**: +1.40 pp vs baseline, not significant (Holm-adjusted p=0.059")
-    assert clear.startswith("- **clear**: +1.80 pp vs baseline, significant (Holm-adjusted p=0.0059")
+    assert weak.startswith("- **weak**: trained 10/10 against 10/10 (the same share); over all 10 paired runs +1.10")
+    assert weak.endswith("pp (Holm p=0.059: not established).")
+    assert borderline.endswith("pp (Holm p=0.059: not established).")
+    assert clear.endswith("pp (Holm p=0.0059: established).")
+    assert "+1.80 [" in clear and "+1.40 [" in borderline
     # floor 2 / 2^10 = 0.00195; 3 comparisons
     assert (
         "With 10 paired seeds the sign-flip test cannot give p below 0.00195, so after Holm's adjustment over"
         " 3 comparisons a difference is significant only if p x 3 < 0.05." in text
     )
-    assert "Holm-adjusted over the 3 comparisons with baseline" in text
+    assert "adjusted over the 3 comparisons with baseline (weak, clear, borderline)" in text
+    assert "over 3 comparisons a difference is significant only" in text
 
 
 def test_summary_markdown_floor_note_names_the_seeds_that_set_the_floor():
