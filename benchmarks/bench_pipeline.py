@@ -1,10 +1,19 @@
-"""Pipeline overhead: where the time of a full `dvc repro` goes, against the training it runs.
+"""Pipeline overhead: what a `dvc repro` costs beyond the training it runs. Not a test: it prints figures.
 
-Runs `dvc repro --force` of the default pipeline in this workspace (every stage, from fetch), then a
-`dvc repro` with nothing to do, and reads what the stages recorded: training, validation and tracing
-seconds (models/*/seed-*/run.json), inference seconds (metrics/*/seed-*.json), and the stage
-worker's log (each stage's time in its process and peak resident memory). Prints a table and writes
-reports/pipeline_benchmark.json. Not a test: it prints figures. `make bench-pipeline` runs it.
+Each measurement runs in a fresh clone of this repository's HEAD (what a user gets), with Fashion-MNIST
+from a local mirror (Debian's dataset-fashion-mnist by default), after `dvc repro prepare`:
+
+1. **Bookkeeping per run** (`--seeds 2 5 10 20`): params.yaml's variants with `train.steps=10`, so
+   training is negligible; the wall time of `dvc repro` (every train@<variant> stage and compare)
+   divided by the number of runs (variant x seed). Then the best of three no-op `dvc repro`.
+2. **Against the plain script** (`--plain`): the default protocol (params.yaml as shipped: every
+   variant, its seeds, 1001 steps) as `dvc repro`, against `benchmarks/plain_keras.py` on the same
+   prepared data, run as a user would write it (import once; per variant and seed: build, `fit` with
+   steps_per_execution, evaluate on the test set), with Keras' default steps_per_execution (1) and
+   tuned (`--steps-per-execution`, default 100: the best of 1/32/100 in docs/benchmark-peer.md).
+
+Peak memory per stage: the highest `peak_memory_mb` any run.json recorded. Writes
+reports/pipeline_benchmark.json. `make bench-pipeline` runs all of it.
 """
 
 from __future__ import annotations
@@ -12,86 +21,144 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from pipeline.runtime.worker import stop_workers
+import yaml
 
-CHILD_LINE = re.compile(r"child \d+: pipeline\.stages\.(\w+) exit (\d+) after ([\d.]+)s, peak RSS ([\d,]+) MB")
+ROOT = Path(__file__).resolve().parents[1]
+MIRROR = "/usr/share/datasets/fashion-mnist"
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
+def sh(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Run a command (its output kept out of the way), fail loudly; its wall seconds."""
     start = time.perf_counter()
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(command)} failed in {cwd}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return time.perf_counter() - start
 
 
-def work_seconds(root: Path) -> dict[str, float]:
-    """Seconds the stages spent on their own work, as they recorded it."""
-    work = {"training": 0.0, "validation": 0.0, "tracing": 0.0, "inference": 0.0}
-    for path in root.glob("models/*/seed-*/run.json"):
+def clone(into: Path, mirror: str, **train: object) -> dict:
+    """A fresh clone of HEAD at `into`, on Fashion-MNIST from `mirror`, with these train.* settings;
+    prepared (untimed). Returns its params."""
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(into)], check=True)
+    params = yaml.safe_load((into / "params.yaml").read_text())
+    params["data"].update(dataset="fashion_mnist", mirrors=[mirror])
+    params["train"].update(train)
+    (into / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["dvc", "repro", "prepare"], into, environment())
+    return params
+
+
+def environment() -> dict[str, str]:
+    """This virtualenv first on PATH (as `make run` does), a store of the clone's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    return {
+        **env,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+def peak_memory_mb(project: Path) -> float:
+    return max(json.loads(p.read_text())["peak_memory_mb"] for p in project.glob("models/*/seed-*/run.json"))
+
+
+def work_seconds(project: Path) -> float:
+    """Training, tracing and validation seconds the runs recorded, plus their test-set inference."""
+    total = 0.0
+    for path in project.glob("models/*/seed-*/run.json"):
         run = json.loads(path.read_text())
-        work["training"] += run["train_seconds"]
-        work["validation"] += run["validation_seconds"] or 0.0
-        work["tracing"] += run["trace_seconds"] or 0.0
-    for path in root.glob("metrics/*/seed-*.json"):
+        total += run["train_seconds"] + (run["trace_seconds"] or 0.0) + (run["validation_seconds"] or 0.0)
+    for path in project.glob("metrics/*/seed-*.json"):
         metrics = json.loads(path.read_text())
-        work["inference"] += metrics["test_examples"] / metrics["inference_images_per_second"]
-    return work
+        total += metrics["test_examples"] / metrics["inference_images_per_second"]
+    return total
 
 
-def stage_processes(log: str) -> dict[str, dict[str, float]]:
-    """Per stage: how many ran, their seconds inside the worker's children, and the peak RSS."""
-    stages: dict[str, dict[str, float]] = {}
-    for stage, _, seconds, peak in CHILD_LINE.findall(log):
-        entry = stages.setdefault(stage, {"count": 0, "seconds": 0.0, "peak_rss_mb": 0.0})
-        entry["count"] += 1
-        entry["seconds"] += float(seconds)
-        entry["peak_rss_mb"] = max(entry["peak_rss_mb"], float(peak.replace(",", "")))
-    return stages
+def bookkeeping(seeds: int, scratch: Path, mirror: str) -> dict:
+    project = scratch / f"seeds-{seeds}"
+    params = clone(project, mirror, steps=10, seeds=list(range(1, seeds + 1)))
+    runs = len(params["variants"]) * seeds
+    wall = sh(["dvc", "repro"], project, environment())
+    noop = min(sh(["dvc", "repro"], project, environment()) for _ in range(3))
+    return {
+        "seeds": seeds,
+        "variants": len(params["variants"]),
+        "runs": runs,
+        "repro_seconds": wall,
+        "seconds_per_run": wall / runs,
+        "work_seconds": work_seconds(project),
+        "noop_repro_seconds": noop,
+        "peak_memory_mb": peak_memory_mb(project),
+    }
+
+
+def against_plain(scratch: Path, mirror: str, steps_per_execution: int) -> dict:
+    project = scratch / "default"
+    params = clone(project, mirror)
+    pipeline = sh(["dvc", "repro"], project, environment())
+    data = project / "data" / "prepared" / "fashion_mnist"
+    plain = {}
+    for spe in (1, steps_per_execution):
+        command = [sys.executable, "-m", "benchmarks.plain_keras", "--data", str(data), "--params", "params.yaml"]
+        plain[spe] = sh(
+            [*command, "--steps-per-execution", str(spe)], project, {**environment(), "PYTHONPATH": str(ROOT)}
+        )
+    return {
+        "runs": len(params["variants"]) * len(params["train"]["seeds"]),
+        "pipeline_seconds": pipeline,
+        "plain_seconds": {str(k): v for k, v in plain.items()},
+        "ratio_vs_default_plain": pipeline / plain[1],
+        "ratio_vs_tuned_plain": pipeline / plain[steps_per_execution],
+        "peak_memory_mb": peak_memory_mb(project),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[2, 5, 10, 20])
+    parser.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--steps-per-execution", type=int, default=100)
+    parser.add_argument("--mirror", default=MIRROR, help=f"a folder with Fashion-MNIST's four files (default {MIRROR})")
     parser.add_argument("--out", type=Path, default=Path("reports/pipeline_benchmark.json"))
     args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory(prefix="pipeline-worker-") as workers:
-        env = {**os.environ, "PIPELINE_WORKER_DIR": workers}
-        print("dvc repro --force (every stage) ...", flush=True)
-        full = timed(["dvc", "repro", "--force"], env)
-        noop = min(timed(["dvc", "repro"], env) for _ in range(3))
-        log = "".join(p.read_text() for p in Path(workers).glob("*.log"))
-        stop_workers(Path(workers))  # it would idle on for a while
-    work = work_seconds(Path.cwd())
-    stages = stage_processes(log)
-    total_work = sum(work.values())
-    in_stages = sum(s["seconds"] for s in stages.values())
-    result = {
-        "repro_seconds": full,
-        "noop_repro_seconds": noop,
-        "work_seconds": work,
-        "ratio_to_work": full / total_work,
-        "stage_process_seconds": in_stages,
-        "outside_stage_processes_seconds": full - in_stages,
-        "stages": stages,
-    }
-    print(f"dvc repro --force: {full:.1f}s; no-op dvc repro: {noop:.2f}s (best of 3)")
-    print(
-        "work inside it: "
-        + ", ".join(f"{k} {v:.1f}s" for k, v in work.items())
-        + f"; sum {total_work:.1f}s -> wall time / work = {full / total_work:.2f}x"
-    )
-    print(f"{'stage':>10} {'runs':>5} {'s in process':>13} {'mean s':>7} {'peak RSS MB':>12}")
-    for name, s in stages.items():
-        print(
-            f"{name:>10} {s['count']:>5.0f} {s['seconds']:>13.1f} {s['seconds'] / s['count']:>7.2f}"
-            f" {s['peak_rss_mb']:>12,.0f}"
+    if not Path(args.mirror, "train-images-idx3-ubyte.gz").exists():
+        raise SystemExit(
+            f"error: no Fashion-MNIST in {args.mirror}: apt-get install dataset-fashion-mnist, or --mirror"
         )
-    print(f"outside the stage processes (DVC, launcher, worker start-up): {full - in_stages:.1f}s")
+
+    result: dict = {
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as scratch:
+        result["bookkeeping"] = []
+        for seeds in args.seeds:
+            print(f"train.steps=10, {seeds} seeds: dvc repro ...", flush=True)
+            row = bookkeeping(seeds, Path(scratch), args.mirror)
+            result["bookkeeping"].append(row)
+            print(
+                f"  {row['runs']} runs in {row['repro_seconds']:.1f}s: {row['seconds_per_run']:.2f}s per run"
+                f" (work {row['work_seconds']:.1f}s); no-op dvc repro {row['noop_repro_seconds']:.2f}s;"
+                f" peak memory per stage {row['peak_memory_mb']:,.0f} MB",
+                flush=True,
+            )
+        if args.plain:
+            print("default protocol: dvc repro, then the plain Keras script ...", flush=True)
+            row = against_plain(Path(scratch), args.mirror, args.steps_per_execution)
+            result["against_plain"] = row
+            plain = row["plain_seconds"]
+            print(
+                f"  {row['runs']} runs: pipeline {row['pipeline_seconds']:.1f}s; plain script {plain['1']:.1f}s"
+                f" (steps_per_execution 1), {plain[str(args.steps_per_execution)]:.1f}s"
+                f" ({args.steps_per_execution}); pipeline / plain {row['ratio_vs_default_plain']:.2f}x and"
+                f" {row['ratio_vs_tuned_plain']:.2f}x; peak memory per stage {row['peak_memory_mb']:,.0f} MB",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
