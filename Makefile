@@ -34,10 +34,22 @@ bench: setup  ## training speed: ours vs plain Keras model.fit; writes reports/b
 bench-pipeline: setup  ## pipeline overhead: a forced `dvc repro` against the training it runs; reports/pipeline_benchmark.json
 	$(BIN)/python -m benchmarks.bench_pipeline
 
-ui: setup  ## the MLflow UI on the project's embedded store; prints the link that opens the training runs
-	@MLFLOW_TRACKING_URI= $(BIN)/python -c "from pipeline.tracking import experiment_url; \
-	print('open', experiment_url('http://127.0.0.1:$${MLFLOW_PORT:-5000}'))" 2>/dev/null || true
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
+UI_LOG ?= $(VENV)/mlflow-ui.log
+ui: setup  ## the MLflow UI on the project's embedded store; its log to $(UI_LOG), the link that opens the training runs printed last; Ctrl-C stops it
+	@port=$${MLFLOW_PORT:-5000}; url=http://127.0.0.1:$$port; \
+	echo "mlflow ui --backend-store-uri sqlite:///mlflow.db on $$url (its log: $(UI_LOG))"; \
+	MLFLOW_TRACKING_URI= $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $$port \
+		>$(UI_LOG) 2>&1 & pid=$$!; \
+	trap 'echo "stopping the MLflow UI" >&2; kill -TERM $$pid 2>/dev/null; wait $$pid 2>/dev/null; exit 130' INT TERM HUP; \
+	until $(BIN)/python -c "import urllib.request as u; u.urlopen('$$url/health', timeout=2)" 2>/dev/null; do \
+		if ! kill -0 $$pid 2>/dev/null; then tail -n 20 $(UI_LOG) >&2; echo "error: the MLflow UI did not start" >&2; exit 1; fi; \
+		sleep 0.5; \
+	done; \
+	if ! kill -0 $$pid 2>/dev/null; then tail -n 20 $(UI_LOG) >&2; echo "error: the MLflow UI did not start (is port $$port taken?)" >&2; exit 1; fi; \
+	link=$$(MLFLOW_TRACKING_URI= $(BIN)/python -c "from pipeline.tracking import experiment_url; \
+		print(experiment_url('$$url'))" 2>/dev/null || echo $$url); \
+	echo "the MLflow UI is up; Ctrl-C stops it. Open:"; echo "  $$link"; \
+	wait $$pid
 
 ui-check: setup  ## the real-browser check of the MLflow UI and its screenshots (Debian chromium, chromium-driver): docs/ui.md
 	$(BIN)/python scripts/ui_check.py --project . --out ui-check
