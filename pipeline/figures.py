@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,8 +21,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import AutoMinorLocator, MaxNLocator
-
-from pipeline import statistics
 
 
 def _color(i: int):
@@ -61,7 +60,11 @@ def _break_marks(upper, lower) -> None:
 
 
 def accuracy_vs_time_figure(
-    summary: pd.DataFrame, runs: pd.DataFrame, trained: Sequence[bool], confidence: float = 0.95
+    summary: pd.DataFrame,
+    runs: pd.DataFrame,
+    trained: Sequence[bool],
+    intervals: Mapping[str, Any],
+    confidence: float = 0.95,
 ) -> Figure:
     """Every run as a point (training time, test accuracy): the runs that trained as dots on an axis
     zoomed to them, so two points of accuracy are apart; the runs that did not train as crosses in a
@@ -73,7 +76,9 @@ def accuracy_vs_time_figure(
 
     ``summary``: reporting.summarize's rows (variant, n_seeds, trained_runs, test_accuracy_mean);
     ``runs``: one row per run (variant, test_accuracy, train_seconds); ``trained`` flags each row of
-    ``runs`` (statistics.trained).
+    ``runs`` (statistics.trained); ``intervals``: per variant with a run that trained, the mean of
+    those runs' test accuracy and its interval at ``confidence`` (attributes mean, low, high, as
+    fractions: reporting.trained_accuracy).
     """
     trained = np.asarray(trained, dtype=bool)
     accuracy = runs["test_accuracy"].to_numpy(dtype=float) * 100
@@ -98,15 +103,16 @@ def accuracy_vs_time_figure(
         ok, died = mine & live, mine & dead
         label = f"{row.variant}: {int(row.trained_runs)}/{int(row.n_seeds)} trained"
         if ok.any():
-            interval = statistics.mean_interval(accuracy[ok], confidence)
-            label += f"; mean of trained {interval.mean:.2f}%"
+            interval = intervals[row.variant]
+            mean, below, above = interval.mean * 100, interval.low * 100, interval.high * 100
+            label += f"; mean of trained {mean:.2f}%"
             x, x_low, x_high = clipped_sd(seconds[ok])
             top.scatter(seconds[ok], accuracy[ok], s=22, color=color, alpha=0.5, linewidths=0, zorder=2)
-            low = interval.mean - interval.low if math.isfinite(interval.low) else 0.0
-            high = interval.high - interval.mean if math.isfinite(interval.high) else 0.0
+            low = mean - below if math.isfinite(below) else 0.0
+            high = above - mean if math.isfinite(above) else 0.0
             top.errorbar(
                 x,
-                interval.mean,
+                mean,
                 xerr=[[x - x_low], [x_high - x]],
                 yerr=[[low], [high]],
                 fmt="D",
@@ -155,7 +161,7 @@ def accuracy_vs_time_figure(
         bottom.set_ylim(*_zoomed_limits(accuracy[dead], pad_at_least=2.0))
         bottom.yaxis.set_major_locator(MaxNLocator(nbins=3, steps=[1, 2, 5, 10]))
         bottom.grid(True, alpha=0.3)
-        bottom.set_ylabel("did not train\n(%)")
+        bottom.set_ylabel("did not train\n(%)" if top is not None else "test accuracy (%), runs that did not train")
         if top is not None:
             top.spines["bottom"].set_visible(False)
             bottom.spines["top"].set_visible(False)

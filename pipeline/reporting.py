@@ -615,6 +615,19 @@ def confusion_from_pairs(pairs: pd.DataFrame, classes: Sequence[str]) -> np.ndar
     return table.reindex(index=list(classes), columns=list(classes), fill_value=0).to_numpy()
 
 
+def trained_accuracy(
+    runs: pd.DataFrame, trained: Sequence[bool], confidence: float = 0.95
+) -> dict[str, statistics.MeanInterval]:
+    """Per variant with a run that trained: the mean test accuracy of those runs and its percentile
+    bootstrap interval (statistics.mean_interval), what accuracy_vs_time.png's diamonds show beside
+    the summary's mean over every run. ``trained`` flags each row of ``runs``."""
+    kept = runs.loc[np.asarray(trained, dtype=bool)]
+    return {
+        variant: statistics.mean_interval(group["test_accuracy"].to_numpy(dtype=float), confidence)
+        for variant, group in kept.groupby("variant", sort=False)
+    }
+
+
 def _runs(n: int) -> str:
     return "1 run" if n == 1 else f"{n} runs"
 
@@ -755,7 +768,9 @@ def build_report(
     )
     run_trained = [trained[v, s] for v, s in zip(runs["variant"], runs["seed"], strict=True)]
     report.figures = {
-        "accuracy_vs_time.png": figures.accuracy_vs_time_figure(summary, runs, run_trained),
+        "accuracy_vs_time.png": figures.accuracy_vs_time_figure(
+            summary, runs, run_trained, trained_accuracy(runs, run_trained)
+        ),
         "learning_curves_val_accuracy.png": figures.learning_curves_figure(
             val_runs, trained, val_curves, "validation accuracy (%)", percent=True
         ),

@@ -21,7 +21,7 @@ from pipeline.figures import (
     feature_maps_figure,
     learning_curves_figure,
 )
-from pipeline.reporting import learning_curves
+from pipeline.reporting import learning_curves, trained_accuracy
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -76,7 +76,7 @@ def legend_texts(ax) -> list[str]:
 
 def test_accuracy_vs_time_figure_zooms_on_the_trained_and_shows_the_dead_apart():
     trained = [True, True, True, True, False, True]
-    fig = accuracy_vs_time_figure(summary(), runs(), trained)
+    fig = accuracy_vs_time_figure(summary(), runs(), trained, trained_accuracy(runs(), trained))
     top, bottom = fig.axes
     # the runs that trained on an axis zoomed to them (90..93 %, 0.5-pp margins): 2 points apart are 2/4 of it
     assert top.get_ylim() == pytest.approx((89.5, 93.5))
@@ -110,7 +110,8 @@ def test_accuracy_vs_time_figure_zooms_on_the_trained_and_shows_the_dead_apart()
 
 def test_accuracy_vs_time_figure_without_dead_runs_has_one_panel_and_no_cross_in_the_legend():
     table = summary().assign(trained_runs=[3, 3], test_accuracy_mean=[0.91, 0.926667])
-    fig = accuracy_vs_time_figure(table, runs().assign(test_accuracy=[0.90, 0.91, 0.92, 0.92, 0.93, 0.93]), [True] * 6)
+    every = runs().assign(test_accuracy=[0.90, 0.91, 0.92, 0.92, 0.93, 0.93])
+    fig = accuracy_vs_time_figure(table, every, [True] * 6, trained_accuracy(every, [True] * 6))
     (ax,) = fig.axes
     assert ax.get_ylim() == pytest.approx((89.5, 93.5))
     assert not any("did not train" in text or "all 3 runs" in text for text in legend_texts(ax))
