@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test test-fast lint bench bench-pipeline ui ui-check server
+.PHONY: setup run test test-fast lint bench bench-pipeline ui ui-check server results
 
 setup: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: setup  ## the default pipeline: fetch, prepare, train, evaluate, compare
 	$(BIN)/dvc repro
+
+results: setup  ## every published table: each protocol as a named DVC experiment, its per-run CSV under docs/results/, then the tables of docs/results.md and README.md (hours; PROTOCOLS="digits-centered digits-unit" runs some; `python -m pipeline.results tables` only redraws the tables)
+	$(BIN)/python -m pipeline.results run $(PROTOCOLS)
 
 test: setup  ## the whole test suite (no network): unit, stages and e2e
 	$(BIN)/python -m pytest

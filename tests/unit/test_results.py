@@ -1,0 +1,359 @@
+"""pipeline.results on synthetic per-run files (no training): the protocols' settings as DVC parses them,
+the per-run CSV, the tables regenerated from it alone between their markers, and `run`'s bookkeeping."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+
+import pandas as pd
+import pytest
+import yaml
+from support import ROOT
+
+from pipeline import reporting, results
+from pipeline.config import load_params, parse_params
+from pipeline.datasets import IDX_FILES
+from pipeline.errors import DataError
+
+LAYERS = [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": None}]
+VARIANTS = {
+    "baseline": {"layers": LAYERS},
+    "transposed": {"layers": [{"type": "conv_transpose", "filters": 2, "strides": 2}, *LAYERS]},
+    "upsample_only": {"layers": [{"type": "upsample"}, *LAYERS]},
+}
+# test accuracy per variant and seed: transposed dies on seeds 2 and 4
+ACCURACY = {
+    "baseline": [0.80, 0.81, 0.82, 0.83],
+    "transposed": [0.81, 0.10, 0.83, 0.10],
+    "upsample_only": [0.82, 0.83, 0.84, 0.85],
+}
+STEP0 = {"baseline": 2.3, "transposed": 9.0, "upsample_only": 2.4}  # + seed / 10
+
+
+def params_dict(seeds=(1, 2, 3, 4)) -> dict:
+    return {"train": {"seeds": list(seeds)}, "variants": VARIANTS}
+
+
+def write_runs(root, accuracy=ACCURACY, stopped=None):
+    """models/, metrics/ and plots/ of finished runs, as the train stage writes them."""
+    stopped = stopped or {}
+    for variant, values in accuracy.items():
+        for seed, acc in enumerate(values, start=1):
+            model_dir = root / "models" / variant / f"seed-{seed}"
+            model_dir.mkdir(parents=True)
+            died = acc < 0.15
+            run = {
+                "variant": variant,
+                "seed": seed,
+                "run_id": f"{variant}{seed}",
+                "steps": 1001,
+                "stopped_early_at": stopped.get((variant, seed)),
+                "diverged_at_step": 12 if (variant, seed) == ("transposed", 4) else None,
+                "val_accuracy": acc,
+                "train_seconds": 10.0 + seed,
+                "trace_seconds": 1.0,
+                "train_images_per_second": 1000.0,
+                "trainable_params": 100,
+                "flops_per_image": 2000,
+                "peak_memory_mb": 300.0,
+            }
+            (model_dir / "run.json").write_text(json.dumps(run))
+            loss0 = STEP0[variant] + seed / 10
+            pd.DataFrame({"step": [0, 1, 2], "loss": [loss0, 2.0, 1.5 if not died else 2.3], "accuracy": 0.5}).to_csv(
+                model_dir / "history.csv", index=False
+            )
+            pd.DataFrame({"step": [2], "val_loss": [0.5], "val_accuracy": [acc]}).to_csv(
+                model_dir / "validation.csv", index=False
+            )
+            metrics = {
+                "variant": variant,
+                "seed": seed,
+                "run_id": f"{variant}{seed}",
+                "test_accuracy": acc,
+                "test_loss": 0.5 if not died else 2.3,
+                "inference_images_per_second": 5000.0,
+                "per_class_accuracy": {str(k): acc for k in range(10)},
+            }
+            (root / "metrics" / variant).mkdir(parents=True, exist_ok=True)
+            (root / "metrics" / variant / f"seed-{seed}.json").write_text(json.dumps(metrics))
+            plots = root / "plots" / variant / f"seed-{seed}"
+            plots.mkdir(parents=True)
+            pd.DataFrame({"actual": ["0"], "predicted": ["0"]}).to_csv(plots / "confusion.csv", index=False)
+
+
+@pytest.fixture
+def collected(tmp_path):
+    write_runs(tmp_path, stopped={("baseline", 3): 800})
+    table = results.collect(parse_params(params_dict()), tmp_path / "models", tmp_path / "metrics", tmp_path / "plots")
+    path = tmp_path / "docs" / "results" / "tutorial-centered.csv"
+    path.parent.mkdir(parents=True)
+    table.to_csv(path, index=False)
+    return table, path
+
+
+# --- the protocols ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {
+            "description": "transposed with layer 2: bias_init 0.0, it's 'quoted'",
+            "layers": [{"type": "conv", "a": None}],
+        },
+        [1, 2.5, -0.0, True, "null", "a b", "x\\y", "ends\\", "q\\'s"],
+        {"k": {"nested": [0.0, {"type": "dense", "units": 10, "activation": None}]}},
+    ],
+)
+def test_hydra_value_reads_back_as_the_same_value(value):
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # what `dvc exp run -S` uses
+
+    parsed = OverridesParser.create().parse_overrides([f"+x={results.hydra_value(value)}"])[0].value()
+    assert parsed == value
+
+
+def test_every_protocol_is_ten_seeds_and_names_its_data():
+    assert list(results.PROTOCOLS) == [
+        "tutorial-centered",
+        "tutorial-unit",
+        "converge",
+        "digits-centered",
+        "digits-unit",
+    ]
+    for protocol in results.PROTOCOLS.values():
+        assert "train.seeds=[1,2,3,4,5,6,7,8,9,10]" in protocol.settings
+        assert any(s.startswith("data.scaling=") for s in protocol.settings)
+        assert any(s.startswith("data.dataset=") for s in protocol.settings)
+    assert "data.scaling=unit" in results.PROTOCOLS["tutorial-unit"].settings
+    assert "train.initializer=keras" in results.PROTOCOLS["converge"].settings
+    for name in ("digits-centered", "digits-unit"):
+        digits = results.PROTOCOLS[name]
+        assert digits.setup[:2] == ("python", "scripts/mnist_digits.py")
+        assert "data.validation_size=1000" in digits.settings
+        assert {"baseline", "transposed", "transposed_bias0", "upsample_only", "baseline_wide", "resize_conv"} <= set(
+            digits.variants
+        )
+    assert list(results.DIGITS_SHA256) == list(IDX_FILES.values())
+
+
+def test_settings_keep_remove_and_add_variants_of_params_yaml_as_it_is():
+    shipped = load_params(ROOT / "params.yaml")
+    tutorial = results.experiment_settings(results.PROTOCOLS["tutorial-centered"], shipped)
+    assert not any(s.startswith(("~variants", "+variants")) for s in tutorial)  # every variant
+    converge = results.experiment_settings(results.PROTOCOLS["converge"], shipped)
+    assert [s for s in converge if s.startswith("~")] == ["~variants.transposed_bias0"]
+    digits = results.experiment_settings(results.PROTOCOLS["digits-centered"], shipped)
+    removed = {s.removeprefix("~variants.") for s in digits if s.startswith("~")}
+    assert removed == set(shipped.variants) - set(results.DIGITS_VARIANTS)
+
+    rescue = dataclasses.replace(
+        results.PROTOCOLS["digits-unit"],
+        variants=(*results.DIGITS_VARIANTS, "transposed_deep_bias0"),
+        extra_variants={"transposed_deep_bias0": ("transposed_deep", {3: {"bias_init": 0.0}, 4: {"bias_init": 0.0}})},
+    )
+    added = [s for s in results.experiment_settings(rescue, shipped) if s.startswith("+variants")]
+    assert len(added) == 1 and added[0].startswith("+variants.transposed_deep_bias0={")
+    derived = results.derived_variant(shipped, "transposed_deep", {3: {"bias_init": 0.0}, 4: {"bias_init": 0.0}})
+    assert [layer.get("bias_init") for layer in derived["layers"]] == [None, None, 0.0, 0.0, None, None, None]
+    assert derived["description"] == "transposed_deep with layer 3: bias_init 0.0; layer 4: bias_init 0.0"
+
+    with pytest.raises(DataError, match="no variant nope"):
+        results.experiment_settings(dataclasses.replace(rescue, variants=("nope",)), shipped)
+    with pytest.raises(ValueError, match="no layer 9"):
+        results.derived_variant(shipped, "transposed", {9: {"bias_init": 0.0}})
+
+
+def test_commands_are_the_setup_the_experiment_and_the_collect():
+    shipped = load_params(ROOT / "params.yaml")
+    lines = results.commands(results.PROTOCOLS["digits-unit"], shipped).splitlines()
+    assert lines[0] == "python scripts/mnist_digits.py --out data/mnist-digits-source"
+    assert lines[1].startswith("dvc exp run -n digits-unit -S data.dataset=mnist_t10k_split ")
+    assert "-S '++data.sha256={train-images-idx3-ubyte.gz: cd3bdce6" in lines[1]
+    assert lines[2] == "python -m pipeline.results collect digits-unit"
+
+
+# --- per-run CSVs ----------------------------------------------------------------------------------
+
+
+def test_collect_reads_every_run_with_its_step0_loss_and_fate(collected):
+    table, path = collected
+    assert list(table.columns) == results.RESULT_COLUMNS
+    assert set(reporting.RUN_COLUMNS) <= set(table.columns)  # python -m pipeline.reporting reads it too
+    assert len(table) == 12
+    by_run = table.set_index(["variant", "seed"])
+    assert by_run.loc[("transposed", 2), "step0_loss"] == pytest.approx(9.2)  # history.csv's first loss
+    assert by_run.loc[("baseline", 1), "step0_loss"] == pytest.approx(2.4)
+    assert table.loc[table["variant"] == "transposed", "trained"].tolist() == [True, False, True, False]
+    assert by_run.loc[("baseline", 3), "stopped_early_at"] == 800
+    assert pd.isna(by_run.loc[("baseline", 1), "stopped_early_at"])
+    assert by_run.loc[("transposed", 4), "diverged_at_step"] == 12
+    assert by_run.loc[("upsample_only", 4), "test_accuracy"] == 0.85
+    # the CSV keeps integers as integers and reads back equal
+    text = path.read_text()
+    assert "800," in text and "800.0" not in text
+    pd.testing.assert_frame_equal(results.read_results(path), table)
+
+
+def test_collect_names_a_missing_run(tmp_path):
+    write_runs(tmp_path)
+    with pytest.raises(DataError, match="seed-5"):
+        results.collect(
+            parse_params(params_dict(seeds=(1, 5))), tmp_path / "models", tmp_path / "metrics", tmp_path / "plots"
+        )
+
+
+def test_read_results_names_a_missing_column(tmp_path):
+    (tmp_path / "x.csv").write_text("variant,seed\nbaseline,1\n")
+    with pytest.raises(DataError, match="no column test_accuracy"):
+        results.read_results(tmp_path / "x.csv")
+
+
+# --- tables ----------------------------------------------------------------------------------------
+
+
+def test_the_comparison_table_is_the_reports_from_the_csv_alone(collected):
+    table, path = collected
+    runs = reporting.runs_table(
+        [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in pd.read_csv(path).to_dict("records")
+        ]
+    )
+    for reference in ("baseline", "upsample_only"):
+        expected = reporting.summary_table_markdown(reporting.summarize(runs, 10, baseline=reference))
+        assert results.comparison_table(results.read_results(path), reference) == expected
+    text = results.comparison_table(table, "baseline")
+    # transposed: 2/4 trained against 4/4: 2 dead of 8, C(4,x)C(4,2-x)/C(8,2) = 6, 16, 6 (/28) for x = 0, 1, 2;
+    # two-sided p = (6 + 6) / 28 = 0.429; Holm over the 2 comparisons with baseline (upsample_only: p = 1): 0.857
+    assert "| transposed    |" in text and "2/4 [15, 85]" in text and "0.429 (0.857)" in text
+    with pytest.raises(DataError, match="no variant 'nope'"):
+        results.comparison_table(table, "nope")
+
+
+def test_step0_table_by_hand(collected):
+    table, _ = collected
+    step0 = results.step0_table(table).set_index("variant")
+    # transposed: trained seeds 1, 3 -> 9.1, 9.3 (median 9.2); died seeds 2, 4 -> 9.2, 9.4 (median 9.3)
+    assert step0.loc["transposed", "trained"] == "2/4"
+    assert step0.loc["transposed", "step-0 loss, trained: median [range]"] == "9.2 [9.1, 9.3]"
+    assert step0.loc["transposed", "step-0 loss, died: median [range]"] == "9.3 [9.2, 9.4]"
+    assert step0.loc["transposed", "diverged (NaN loss)"] == 1
+    # baseline: 2.4, 2.5, 2.6, 2.7 -> median 2.55; no run died; seed 3 stopped early at step 800
+    assert step0.loc["baseline", "step-0 loss, trained: median [range]"] == "2.55 [2.4, 2.7]"
+    assert step0.loc["baseline", "step-0 loss, died: median [range]"] == "n/a"
+    assert step0.loc["baseline", "stopped early: runs, at steps"] == "1/4, 800"
+    assert step0.loc["upsample_only", "stopped early: runs, at steps"] == "0/4"
+
+
+def test_dead_runs_and_summary_cells(collected):
+    table, _ = collected
+    assert results.dead_runs(table).splitlines()[-2:] == [
+        "- transposed/seed-2: 10.00%",
+        "- transposed/seed-4: 10.00%, loss became NaN/inf at step 12",
+    ]
+    summary = results.summary_table({"tutorial-centered": table})
+    header, _, row = summary.splitlines()
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    named = dict(zip([c.strip() for c in header.strip("|").split("|")], cells, strict=True))
+    assert named["protocol"] == "`tutorial-centered`"
+    assert named["`baseline`"] == "4/4, 81.50%"
+    # 2/4 against 4/4: Fisher p = 0.43; all runs (0.81-0.80, 0.10-0.81, 0.83-0.82, 0.10-0.83) / 4 = -35.50 pp
+    assert named["`transposed`"].startswith("2/4 (p=0.43); -35.50 [")
+    assert named["`transposed`"].endswith("(2)") and "both trained +1.00 [" in named["`transposed`"]
+    assert named["`upsample_only`"].startswith("4/4; +2.00 [")
+    assert "`baseline_wide`" not in named  # run by no protocol here
+
+
+DOC = """# Results
+
+Prose before.
+
+<!-- results:tutorial-centered:vs-baseline:start -->
+old table
+<!-- results:tutorial-centered:vs-baseline:end -->
+
+Prose between.
+
+<!-- results:tutorial-centered:step0:start -->
+<!-- results:tutorial-centered:step0:end -->
+
+<!-- results:digits-unit:start -->
+not run yet
+<!-- results:digits-unit:end -->
+
+<!-- results:summary:start -->
+<!-- results:summary:end -->
+Prose after.
+"""
+
+
+def test_tables_fill_their_markers_keep_the_prose_and_leave_protocols_without_a_csv(collected, tmp_path):
+    table, path = collected
+    doc = tmp_path / "results.md"
+    doc.write_text(DOC)
+    shipped = load_params(ROOT / "params.yaml")
+    left = results.render_tables([doc], path.parent, shipped)
+    assert left == {doc: ["digits-unit"]}
+    text = doc.read_text()
+    for prose in ("# Results\n\nProse before.\n", "\nProse between.\n", "\nProse after.\n", "not run yet"):
+        assert prose in text
+    assert "old table" not in text
+    assert results.comparison_table(table, "baseline") in text
+    assert "| variant       | trained   | step-0 loss, trained" in text
+    assert "| `tutorial-centered` |" in text
+    results.render_tables([doc], path.parent, shipped)
+    assert doc.read_text() == text  # idempotent
+
+
+def test_a_whole_protocol_block_and_an_unknown_name(collected, tmp_path):
+    table, path = collected
+    shipped = load_params(ROOT / "params.yaml")
+    block = results.protocol_block(results.PROTOCOLS["tutorial-centered"], table, None, "dvc exp run ...")
+    assert block.startswith("```bash\ndvc exp run ...\n```\n\n| variant")
+    assert block.count("| variant ") == 3  # vs baseline, the step-0 table, vs upsample_only
+    doc = tmp_path / "bad.md"
+    doc.write_text("<!-- results:nope:start -->\n<!-- results:nope:end -->\n")
+    with pytest.raises(DataError, match="no protocol 'nope'"):
+        results.render_tables([doc], path.parent, shipped)
+    doc.write_text("<!-- results:tutorial-centered:oops:start -->\n<!-- results:tutorial-centered:oops:end -->\n")
+    with pytest.raises(DataError, match="unknown table"):
+        results.render_tables([doc], path.parent, shipped)
+
+
+# --- run: the bookkeeping around `dvc exp run` -----------------------------------------------------
+
+
+def test_run_puts_params_yaml_back_and_writes_the_csv(tmp_path, monkeypatch):
+    params_path = tmp_path / "params.yaml"
+    original = "# shipped, with a comment\n" + yaml.safe_dump(params_dict())
+    params_path.write_text(original)
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        if command[:3] == ["dvc", "exp", "run"]:  # what DVC does: rewrite params.yaml, leave the outputs
+            params_path.write_text(yaml.safe_dump(params_dict(seeds=(1, 2, 3, 4))))
+            write_runs(tmp_path)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(results.subprocess, "run", fake_run)
+    protocol = dataclasses.replace(results.PROTOCOLS["tutorial-centered"], references=("baseline",))
+    path = results.run_protocol(protocol, params_path, tmp_path / "docs" / "results")
+    assert params_path.read_text() == original
+    assert [c[:4] for c in calls] == [["dvc", "exp", "remove", "tutorial-centered"], ["dvc", "exp", "run", "-n"]]
+    assert len(results.read_results(path)) == 12
+
+    def failing(command, **kwargs):
+        if command[:3] == ["dvc", "exp", "run"]:
+            params_path.write_text("changed")
+            raise subprocess.CalledProcessError(1, command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(results.subprocess, "run", failing)
+    with pytest.raises(subprocess.CalledProcessError):
+        results.run_protocol(protocol, params_path, tmp_path / "docs" / "results")
+    assert params_path.read_text() == original
