@@ -74,6 +74,8 @@ def test_the_summary_against_a_control_from_a_finished_comparison(tmp_path, caps
     assert "vs wide, pp [95% CI]" in out
     assert "| wide " in out and "reference" in out
     # baseline is 3.6 pp below wide on every seed: 5 paired seeds, sign-flip p = 2/32 = 0.0625
-    assert "- **baseline**: -3.60 pp vs wide, not significant (Holm-adjusted p=0.062 over 1 comparisons" in out
+    assert "- **baseline**: trained 5/5 against 5/5 (the same share); over all 5 paired runs -3.60 [" in out
+    assert "pp (Holm p=0.062: not established)." in out
+    assert "adjusted over the 1 comparison with wide (baseline)" in out
     with pytest.raises(SystemExit, match="'nope' is not a variant"):
         main([str(tmp_path / "comparison.csv"), "--baseline", "nope"])
