@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import shutil
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 SEEDS = [1, 2]
 VARIANTS = ["baseline", "transposed"]
+TRAINABLE_PARAMS = {"baseline": 57_722, "transposed": 810_362}
 N_TEST = 300
 
 
@@ -121,13 +123,25 @@ def test_every_variant_and_seed_has_a_finished_run_with_params_metrics_and_model
         assert run.data.params["seed"] == seed
         assert run.data.params["train.batch_size"] == "16"
         assert run.data.params["train.steps"] == "41"
-        assert run.data.tags["evaluate.batch_size"] == "37"
+        assert run.data.params["evaluate.batch_size"] == "37"
         assert run.data.params["data.dataset"] == "tiny"
-        assert run.data.tags["dvc.stage"] == f"train@{variant}-{seed}"
+        # fixed by the variant: params, not one-point metrics
+        assert run.data.params["trainable_params"] == str(TRAINABLE_PARAMS[variant])
+        assert int(run.data.params["flops_per_image"]) > 0
+        assert "trainable_params" not in run.data.metrics and "flops_per_image" not in run.data.metrics
+        assert run.data.tags["dvc.stage"] == f"train@{variant}"
         assert run.data.tags["git.commit"] == run.data.tags["mlflow.source.git.commit"] == head(repo)
-        # per-step history logged with steps
-        history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
-        assert [m.step for m in history] == list(range(41))
+        # the training metrics: the mean of the last 20 steps of history.csv, every 20 steps and at
+        # each validation (the compare stage's curves, number for number); every step is an artifact
+        per_step = pd.read_csv(repo / "models" / variant / f"seed-{seed}" / "history.csv")
+        for key in ("loss", "accuracy"):
+            history = mlflow.MlflowClient().get_metric_history(run.info.run_id, key)
+            assert sorted(m.step for m in history) == [0, 19, 20, 39, 40]
+            window = per_step[key].rolling(20, min_periods=1).mean()
+            for metric in history:
+                assert metric.value == pytest.approx(window[metric.step], rel=1e-9), (name, key, metric.step)
+        logged_history = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/history.csv")
+        assert pd.read_csv(io.StringIO(logged_history)).equals(per_step)
         val = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")
         assert [m.step for m in val] == [0, 20, 40]
         models = mlflow.search_logged_models(
@@ -151,6 +165,18 @@ def test_every_variant_and_seed_has_a_finished_run_with_params_metrics_and_model
         assert set(datasets) == {"tiny-train", "tiny-validation", "tiny-test"}
         meta = json.loads((repo / "data" / "prepared" / "tiny" / "meta.json").read_text())
         assert datasets["tiny-test"].digest == meta["split_sha256"]["test"][:36]
+    # a run lasts as long as its seed's training and testing: the runs of a variant follow each other
+    # and none spans more than its own work plus a few seconds of saving and logging
+    for variant in VARIANTS:
+        ordered = [training[f"{variant}/seed-{s}"] for s in SEEDS]
+        for earlier, later in itertools.pairwise(ordered):
+            assert earlier.info.end_time <= later.info.start_time
+        for run in ordered:
+            record = json.loads(
+                (repo / "models" / variant / f"seed-{run.data.params['seed']}" / "run.json").read_text()
+            )
+            work = record["train_seconds"] + record["trace_seconds"] + record["validation_seconds"]
+            assert (run.info.end_time - run.info.start_time) / 1000 < work + 30
     # the compare stage's summary runs are in their own experiment, out of the training runs' pickers
     assert not [r for r in runs if r.data.tags.get("summary") == "true"]
     reports = mlflow.get_experiment_by_name("deconvolution-reports")
@@ -160,14 +186,13 @@ def test_every_variant_and_seed_has_a_finished_run_with_params_metrics_and_model
 
 
 def metrics_files(repo: Path) -> dict[str, Path]:
-    """Each run's metrics JSON, by run name, where dvc.yaml's evaluate stages write them."""
+    """Each run's metrics JSON, by run name, in the folders dvc.yaml's train stages own."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     out = {}
-    for name, stage in lock.items():
-        if name.startswith("evaluate@"):
-            variant, seed = name.removeprefix("evaluate@").rsplit("-", 1)
-            (path,) = [o["path"] for o in stage["outs"] if o["path"].endswith(".json")]
-            out[f"{variant}/seed-{seed}"] = repo / path
+    for variant in VARIANTS:
+        folder = next(o["path"] for o in lock[f"train@{variant}"]["outs"] if o["path"].startswith("metrics/"))
+        for seed in SEEDS:
+            out[f"{variant}/seed-{seed}"] = repo / folder / f"seed-{seed}.json"
     return out
 
 
@@ -281,11 +306,8 @@ def test_second_repro_does_nothing_and_a_variant_edit_reruns_only_that_variant(r
         ]
     }
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    expected = {
-        f"{stage}@{v}-{s}" for stage in ("train", "evaluate") for v in ("transposed", "resize_conv") for s in SEEDS
-    }
-    # status lists the stages whose own deps changed; evaluate@transposed reruns once its model changed
-    assert changed_stages(repo) == expected - {f"evaluate@transposed-{s}" for s in SEEDS} | {"compare"}
+    expected = {"train@transposed", "train@resize_conv"}
+    assert changed_stages(repo) == expected | {"compare"}
     before = {r.info.run_id for r in mlflow_runs(repo)[1]}
     output = dvc(repo, "repro").stdout
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
@@ -304,16 +326,17 @@ def test_second_repro_does_nothing_and_a_variant_edit_reruns_only_that_variant(r
 
 
 def test_dvc_exp_run_in_a_temporary_copy_lands_in_the_workspace_store(repo: Path):
+    """evaluate.batch_size is a param of the train stages (they test what they train): the experiment
+    retrains every run, in a copy of the repo, and logs them to the workspace's store."""
     before = {r.info.run_id for name in ("deconvolution", "deconvolution-reports") for r in mlflow_runs(repo, name)[1]}
     dvc(repo, "exp", "run", "--temp", "--name", "eval-batch-50", "-S", "evaluate.batch_size=50")
-    assert not [r for r in mlflow_runs(repo)[1] if r.info.run_id not in before]  # no training run
-    new = [r for r in mlflow_runs(repo, "deconvolution-reports")[1] if r.info.run_id not in before]
-    assert [r.info.run_name for r in new] == ["summary"]
-    assert new[0].data.tags["dvc.experiment"] == "eval-batch-50"
-    # the evaluations were logged into the existing runs of the workspace store
-    client = __import__("mlflow").MlflowClient()
-    run_id = json.loads((repo / "metrics" / "baseline" / "seed-1.json").read_text())["run_id"]
-    assert len(client.get_metric_history(run_id, "test_accuracy")) == 2
+    new = [r for r in mlflow_runs(repo)[1] if r.info.run_id not in before]
+    assert len(new) == len(VARIANTS) * len(SEEDS)
+    assert {r.data.tags["dvc.experiment"] for r in new} == {"eval-batch-50"}
+    assert {r.data.params["evaluate.batch_size"] for r in new} == {"50"}
+    summaries = [r for r in mlflow_runs(repo, "deconvolution-reports")[1] if r.info.run_id not in before]
+    assert [r.info.run_name for r in summaries] == ["summary"]
+    assert summaries[0].data.tags["dvc.experiment"] == "eval-batch-50"
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
     assert "eval-batch-50" in dvc(repo, "exp", "list", "--name-only").stdout
 
@@ -349,13 +372,15 @@ def test_parallel_queued_experiments_all_land_in_the_embedded_store(repo: Path):
 
 
 def test_kill_9_mid_training_leaves_nothing_dvc_trusts_and_the_rerun_succeeds(repo: Path):
+    """kill -9 in seed 2 of train@baseline: seed 1's folder is whole, but DVC records none of the
+    stage's outputs, and the rerun trains both seeds and leaves no partial folder."""
     import time
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"].update(steps=20_000, validation_every=1_000)
+    params["train"].update(steps=5_000, validation_every=1_000)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = subprocess.Popen(
-        ["dvc", "repro", "train@baseline-1"],
+        ["dvc", "repro", "train@baseline"],
         cwd=repo,
         env=clean_env(),
         stdout=subprocess.PIPE,
@@ -364,20 +389,22 @@ def test_kill_9_mid_training_leaves_nothing_dvc_trusts_and_the_rerun_succeeds(re
         start_new_session=True,
     )
     try:
-        Lines(proc.stdout).wait_for("step     0/20000", timeout=300)
+        Lines(proc.stdout).wait_for("baseline/seed-2 (2/2): step     0/5000", timeout=600)
         time.sleep(0.5)
     finally:
         kill_group(proc)  # SIGKILL to dvc and the stage it runs
         proc.stdout.close()
     assert proc.returncode == -9
-    assert not (repo / "models" / "baseline" / "seed-1").exists()
-    assert "train@baseline-1" in changed_stages(repo)
+    assert json.loads((repo / "models" / "baseline" / "seed-1" / "run.json").read_text())["steps"] == 5_000
+    assert not (repo / "models" / "baseline" / "seed-2").exists()
+    assert "train@baseline" in changed_stages(repo)
     params["train"].update(steps=41, validation_every=20)  # back to a quick rerun
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dvc(repo, "repro", "train@baseline-1")
-    assert (repo / "models" / "baseline" / "seed-1" / "model.keras").exists()
-    assert not list((repo / "models" / "baseline").glob(".seed-1.partial-*"))
-    assert "train@baseline-1" not in changed_stages(repo)
+    dvc(repo, "repro", "train@baseline")
+    for seed in SEEDS:
+        assert json.loads((repo / "models" / "baseline" / f"seed-{seed}" / "run.json").read_text())["steps"] == 41
+    assert not list((repo / "models" / "baseline").glob(".seed-*.partial-*"))
+    assert "train@baseline" not in changed_stages(repo)
 
 
 # units: acc and trained_share fractions, vs_baseline_pp percentage points, train_seconds seconds
