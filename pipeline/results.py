@@ -83,6 +83,19 @@ CONVERGE = (
     "train.initializer=keras",
 )
 DIGITS_VARIANTS = ("baseline", "transposed", "transposed_bias0", "upsample_only", "baseline_wide", "resize_conv")
+# the bias-1.0 hypothesis tried on every variant that dies: as transposed_bias0 does for transposed,
+# bias_init 0.0 on every convolution after the first (the tutorial's 1.0 stays on the dense layers)
+RESCUES: dict[str, tuple[str, Mapping[int, Mapping[str, Any]]]] = {
+    f"{base}_bias0": (base, {n: {"bias_init": 0.0} for n in layers})
+    for base, layers in (
+        ("transposed_deep", (2, 3, 4)),
+        ("transposed_k4", (2,)),
+        ("resize_conv", (3,)),
+        ("transposed_regularized", (2,)),
+        ("baseline_wide", (2,)),
+    )
+}
+DIGITS_RESCUES = {name: RESCUES[name] for name in ("resize_conv_bias0", "baseline_wide_bias0")}
 
 
 @dataclass(frozen=True)
@@ -109,11 +122,13 @@ PROTOCOLS: dict[str, Protocol] = {
             "tutorial-centered",
             "Fashion-MNIST, the tutorial's protocol, pixels centred",
             (*FASHION_MNIST, "data.scaling=centered", *TUTORIAL, SEEDS),
+            extra_variants=RESCUES,
         ),
         Protocol(
             "tutorial-unit",
             "Fashion-MNIST, the tutorial's protocol, pixels in [0, 1]",
             (*FASHION_MNIST, "data.scaling=unit", *TUTORIAL, SEEDS),
+            extra_variants=RESCUES,
         ),
         Protocol(
             "converge",
@@ -127,6 +142,7 @@ PROTOCOLS: dict[str, Protocol] = {
             "MNIST digits (8,000/2,000 split of t10k), the tutorial's protocol, pixels centred",
             (*MNIST_DIGITS, "data.scaling=centered", *TUTORIAL, SEEDS),
             variants=DIGITS_VARIANTS,
+            extra_variants=DIGITS_RESCUES,
             setup=DIGITS_SETUP,
         ),
         Protocol(
@@ -134,6 +150,7 @@ PROTOCOLS: dict[str, Protocol] = {
             "MNIST digits (8,000/2,000 split of t10k), the tutorial's protocol, pixels in [0, 1]",
             (*MNIST_DIGITS, "data.scaling=unit", *TUTORIAL, SEEDS),
             variants=DIGITS_VARIANTS,
+            extra_variants=DIGITS_RESCUES,
             setup=DIGITS_SETUP,
         ),
     )
