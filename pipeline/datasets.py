@@ -193,11 +193,9 @@ def class_names(dataset: Dataset, *labels: np.ndarray) -> tuple[str, ...]:
 
 def file_sha256(path: Path) -> str:
     """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    import pooch  # lazily: keeps import of this module light
+
+    return pooch.file_hash(str(path))
 
 
 def _content_sha256(path: Path) -> str | None:
