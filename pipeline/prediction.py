@@ -181,7 +181,9 @@ def predict_probabilities(model: Any, images: np.ndarray, batch_size: int = 256)
     """Class probabilities N x classes of a classifier (pipeline.inference) for uint8 images N x H x W."""
     if len(images) == 0:
         return np.zeros((0, int(model.output_shape[-1])), dtype=np.float32)
-    pixels = np.asarray(images, dtype=np.float32)[..., np.newaxis]
+    pixels = np.asarray(images, dtype=np.float32)
+    if len(model.input_shape) == pixels.ndim + 1:  # a model logged before it took plain images
+        pixels = pixels[..., np.newaxis]
     return np.asarray(model.predict(pixels, batch_size=batch_size, verbose=0), dtype=np.float32)
 
 

@@ -426,16 +426,21 @@ def log_keras_model(
     metadata: Mapping[str, Any] | None = None,
 ) -> str:
     """Log the trained network as users call it (pipeline.inference.classifier: raw pixels 0-255 in,
-    class probabilities out) with its signature and an input example of raw pixels. `step` is the
-    step whose metrics MLflow links to the model: the last trained step, not 0. Returns the model id.
-    (pip requirements given, not inferred: faster.)"""
+    class probabilities out) with its signature and an input example of raw pixels. The signature
+    takes images as files hold them, N x 28 x 28 (MLflow's tensor specs have a fixed rank, so it
+    cannot take N x 28 x 28 x 1 as well); `sample_pixels` may have the channel axis or not. `step` is
+    the step whose metrics MLflow links to the model: the last trained step, not 0. Returns the model
+    id. (pip requirements given, not inferred: faster.)"""
     import keras
+    import numpy as np
     import tensorflow as tf
     from mlflow.models import Model, infer_signature
 
     from pipeline.inference import classifier
 
     model = classifier(network, scaling)
+    sample_pixels = np.asarray(sample_pixels, np.float32)
+    sample_pixels = sample_pixels.reshape((len(sample_pixels), *model.input_shape[1:]))
     signature = infer_signature(sample_pixels, model(sample_pixels, training=False).numpy())
     info = Model.log(
         artifact_path=None,

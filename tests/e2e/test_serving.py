@@ -1,5 +1,7 @@
 """The champion served by `mlflow models serve` answers what `python -m pipeline predict` answers, and
-what a learned model should: the request formats a user can send, checked against a live server."""
+what a learned model should: the request formats a user can send, checked against a live server. The
+model is logged as the train stage logs it (pipeline.tracking.log_keras_model) and registered as the
+compare stage registers a champion."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_store import NAME, learnable_images, log_champion, tracking_store, train_network
+from model_store import NAME, RUN_NAME, learnable_images, tracking_store, train_network
 from PIL import Image
 from support import BIN, ROOT, SHARED, clean_env, free_port, kill_group, run, wait_for_server
 
@@ -51,16 +53,37 @@ def predict_cli(model: str, *files: Path, env: dict, cwd: Path) -> list[dict[str
     return list(csv.DictReader(io.StringIO(result.stdout)))
 
 
+def log_and_register(network, artifacts: Path) -> str:
+    """Log `network` the way the train stage does and register it as NAME@champion; its model id."""
+    import mlflow
+
+    from pipeline import tracking
+
+    experiment = mlflow.create_experiment("deconvolution", artifact_location=artifacts.as_uri())
+    sample, _ = learnable_images(2, np.random.default_rng(7))  # uint8 N x 28 x 28, as an IDX file holds them
+    with mlflow.start_run(experiment_id=experiment, run_name=RUN_NAME):
+        model_id = tracking.log_keras_model(
+            network, sample, name=RUN_NAME, scaling=SCALING, metadata={"classes": [str(k) for k in range(10)]}
+        )
+    version = mlflow.register_model(f"models:/{model_id}", NAME)
+    mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version.version)
+    return model_id
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A learned classifier registered as the champion in a temporary store, served on a free port."""
+    import mlflow
+
     from pipeline.inference import classifier
 
     root = tmp_path_factory.mktemp("serving")
-    model = classifier(train_network(SCALING), SCALING)
+    network = train_network(SCALING)
+    model = classifier(network, SCALING)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with tracking_store(uri):
-        log_champion(model, root / "mlartifacts", SCALING)
+        model_id = log_and_register(network, root / "mlartifacts")
+        signature = mlflow.models.get_model_info(f"models:/{model_id}").signature
     images, labels = learnable_images(N_HELD_OUT, np.random.default_rng(2024))  # not the training images
     env = clean_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=uri)
     port = free_port()
@@ -78,19 +101,44 @@ def served(tmp_path_factory):
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for_server(url, proc, log, path="/ping")
-        yield {"url": url, "root": root, "env": env, "model": model, "images": images, "labels": labels}
+        yield {
+            "url": url,
+            "root": root,
+            "env": env,
+            "model": model,
+            "images": images,
+            "labels": labels,
+            "signature": signature,
+        }
     finally:
         kill_group(proc)
 
 
 def test_the_model_has_learned(served):
-    probabilities = served["model"].predict(served["images"][..., np.newaxis].astype(np.float32), verbose=0)
+    probabilities = served["model"].predict(served["images"].astype(np.float32), verbose=0)
     assert (probabilities.argmax(axis=1) == served["labels"]).mean() > 0.9
+
+
+def test_the_signature_takes_plain_images(served):
+    (spec,) = served["signature"].inputs.to_dict()
+    assert spec["tensor-spec"] == {"dtype": "float32", "shape": (-1, 28, 28)}
+    assert served["signature"].outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 10)
+
+
+def test_eight_plain_images_as_an_idx_file_holds_them_get_eight_right_predictions(served):
+    """The request of docs/tracking.md: {"inputs": <N x 28 x 28 nested list of integers 0-255>}."""
+    images, labels = served["images"][:8], served["labels"][:8]
+    assert images.dtype == np.uint8 and images.shape == (8, 28, 28)
+    status, answer = invoke(served["url"], {"inputs": images.tolist()})
+    assert status == 200, answer
+    probabilities = np.asarray(answer["predictions"])
+    assert probabilities.shape == (8, 10)
+    assert probabilities.argmax(axis=1).tolist() == labels.tolist()
 
 
 def test_served_predictions_are_those_of_predict_and_right(served, tmp_path):
     images, labels = served["images"], served["labels"]
-    status, answer = invoke(served["url"], {"inputs": (images[..., np.newaxis] / 1.0).tolist()})  # floats
+    status, answer = invoke(served["url"], {"inputs": (images / 1.0).tolist()})  # floats
     assert status == 200, answer
     probabilities = np.asarray(answer["predictions"])
     assert probabilities.shape == (N_HELD_OUT, 10)
@@ -107,23 +155,24 @@ def test_served_predictions_are_those_of_predict_and_right(served, tmp_path):
 
 
 def test_the_request_formats_the_server_takes(served):
-    """Raw integer pixels 0-255 are enough (the float32 signature casts them); the channel axis is
-    required; `instances` works as well as `inputs`."""
+    """Raw integer pixels 0-255 are enough (the float32 signature casts them); `instances` works as
+    well as `inputs`. A channel axis is refused: MLflow checks a tensor's rank against the signature's,
+    which cannot have two ranks."""
     images = served["images"][:8]
-    _, floats = invoke(served["url"], {"inputs": images[..., np.newaxis].astype(float).tolist()})
+    _, floats = invoke(served["url"], {"inputs": images.astype(float).tolist()})
     expected = np.asarray(floats["predictions"])
 
-    status, ints = invoke(served["url"], {"inputs": images[..., np.newaxis].tolist()})  # [[[[0], [37], ...]]]
+    status, ints = invoke(served["url"], {"inputs": images.tolist()})  # [[[0, 37, ...], ...]]
     assert status == 200, ints
     np.testing.assert_allclose(np.asarray(ints["predictions"]), expected, rtol=1e-6)
 
-    status, instances = invoke(served["url"], {"instances": images[..., np.newaxis].tolist()})
+    status, instances = invoke(served["url"], {"instances": images.tolist()})
     assert status == 200, instances
     np.testing.assert_allclose(np.asarray(instances["predictions"]), expected, rtol=1e-6)
 
-    status, flat = invoke(served["url"], {"inputs": images.tolist()})  # N x 28 x 28: no channel axis
+    status, channel = invoke(served["url"], {"inputs": images[..., np.newaxis].tolist()})  # N x 28 x 28 x 1
     assert status == 400
-    assert "Shape of input (8, 28, 28) does not match expected shape (-1, 28, 28, 1)" in flat["message"]
+    assert "Shape of input (8, 28, 28, 1) does not match expected shape (-1, 28, 28)" in channel["message"]
 
 
 @pytest.mark.skipif(not REAL_MNIST.is_file(), reason=f"no real MNIST test images at {REAL_MNIST}")
@@ -147,6 +196,6 @@ def test_real_mnist_images_as_png_files(served, tmp_path):
     )
     assert {int(r["predicted_class"]) for r in idx} <= set(range(10))
 
-    status, answer = invoke(served["url"], {"inputs": digits[..., np.newaxis].tolist()})
+    status, answer = invoke(served["url"], {"inputs": digits.tolist()})
     assert status == 200, answer
     assert [int(r["predicted_class"]) for r in pngs] == np.asarray(answer["predictions"]).argmax(axis=1).tolist()

@@ -93,14 +93,15 @@ def test_the_logged_model_is_named_has_an_input_example_and_carries_the_last_ste
     assert linked["accuracy"] == (40, pytest.approx(0.14))
     assert linked["val_accuracy"] == (40, 0.8)
     assert linked["train_seconds"] == (40, 1.5)
-    # an input example of raw pixels (0..255), as the served model takes them
+    # an input example of raw pixels (0..255), N x 28 x 28 as image files hold them and the served model takes them
     info = mlflow.models.get_model_info(f"models:/{model_id}")
     assert info.metadata["data.scaling"] == data.scaling == "unit"
     assert info.metadata["classes"] == list(data.classes)
     local = mlflow.artifacts.download_artifacts(f"models:/{model_id}")
     example = mlflow.models.Model.load(local).load_input_example(local)
-    assert example.shape == (2, 28, 28, 1)
-    np.testing.assert_array_equal(example, np.rint(np.asarray(data.x_valid[:2]) * 255))
+    assert example.shape == (2, 28, 28)
+    np.testing.assert_array_equal(example, np.rint(np.asarray(data.x_valid[:2]) * 255).reshape(2, 28, 28))
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 28, 28)
     assert mlflow.get_run(run_id).info.status == "FINISHED"
 
 

@@ -61,8 +61,8 @@ def test_classifier_is_softmax_of_the_network_on_scaled_pixels(network, scaling)
         keras.ops.softmax(network(scale_pixels(raw, scaling)[..., np.newaxis], training=False))
     )
     model = classifier(network, scaling)
-    got = model.predict(raw[..., np.newaxis].astype(np.float32), verbose=0)
-    assert model.input_shape == (None, 28, 28, 1)
+    got = model.predict(raw.astype(np.float32), verbose=0)  # N x 28 x 28, as image files hold them
+    assert model.input_shape == (None, 28, 28)
     assert got.shape == (8, 10)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
@@ -70,7 +70,7 @@ def test_classifier_is_softmax_of_the_network_on_scaled_pixels(network, scaling)
 
 
 def test_the_two_scalings_give_different_probabilities(network):
-    raw = pixels(4)[..., np.newaxis].astype(np.float32)
+    raw = pixels(4).astype(np.float32)
     centered = classifier(network, "centered").predict(raw, verbose=0)
     unit = classifier(network, "unit").predict(raw, verbose=0)
     assert not np.allclose(centered, unit, atol=1e-4)
@@ -293,9 +293,22 @@ def test_predict_probabilities_are_the_classifiers_on_float_pixels(network):
     model = classifier(network, "centered")
     images = pixels(7)
     got = predict_probabilities(model, images, batch_size=3)
-    expected = model.predict(images[..., np.newaxis].astype(np.float32), verbose=0)
+    expected = model.predict(images.astype(np.float32), verbose=0)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert predict_probabilities(model, images[:0]).shape == (0, 10)
+
+
+def test_predict_probabilities_of_a_model_logged_when_it_took_a_channel_axis(network):
+    """Champions logged before the classifier took plain images want N x 28 x 28 x 1: predict still reads them."""
+    import keras
+
+    old = keras.Sequential(
+        [keras.Input((28, 28, 1)), keras.layers.Rescaling(1 / 255.0, offset=-0.5), network, keras.layers.Softmax()]
+    )
+    images = pixels(5)
+    np.testing.assert_allclose(
+        predict_probabilities(old, images), predict_probabilities(classifier(network, "centered"), images), rtol=1e-5
+    )
 
 
 def test_csv_rows_name_the_most_probable_class_and_its_probability():
@@ -329,7 +342,7 @@ def _trained_folder(directory: Path, network, run: dict) -> Path:
 def test_a_train_output_folder_loads_with_its_scaling(tmp_path, network, scaling):
     folder = _trained_folder(tmp_path / "seed-1", network, {"variant": "baseline", "data_scaling": scaling})
     model = load_classifier(str(folder))
-    raw = pixels(5)[..., np.newaxis].astype(np.float32)
+    raw = pixels(5).astype(np.float32)
     np.testing.assert_allclose(
         model.predict(raw, verbose=0), classifier(network, scaling).predict(raw, verbose=0), rtol=1e-5, atol=1e-6
     )
