@@ -153,7 +153,7 @@ def test_every_variant_and_seed_has_a_finished_run_with_params_metrics_and_model
         assert models[0].name == f"{variant}-seed{seed}"
         info = mlflow.models.get_model_info(f"models:/{models[0].model_id}")
         assert info.signature is not None
-        assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 28, 28, 1)
+        assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 28, 28)  # plain images
         assert info.saved_input_example_info is not None
         # linked to the last step's metrics (step 40 of 0..40), not to the untrained step 0
         linked = {m.key: m for m in models[0].metrics}
