@@ -324,9 +324,11 @@ LOSS_WINDOW = 20
 
 def windowed_history(result: TrainResult, start: int, stop: int) -> tuple[dict[str, list[float]], list[int]]:
     """The `loss` and `accuracy` MLflow logs for the steps in [start, stop): at each step that ends a
-    window (step % LOSS_WINDOW == LOSS_WINDOW - 1) or the history, the mean of the window ending there
-    (fewer steps at the start, as pandas' rolling(LOSS_WINDOW, min_periods=1))."""
-    steps = [i for i in range(start, stop) if i % LOSS_WINDOW == LOSS_WINDOW - 1 or i == len(result.steps) - 1]
+    window (step % LOSS_WINDOW == LOSS_WINDOW - 1) and at each validation step (the first and the last
+    step among them), the mean of the window ending there (fewer steps at the start, as pandas'
+    rolling(LOSS_WINDOW, min_periods=1)). Which steps depends on the history only, not on when it is sent."""
+    validated = set(result.val_steps)
+    steps = [i for i in range(start, stop) if i % LOSS_WINDOW == LOSS_WINDOW - 1 or result.steps[i] in validated]
     series: dict[str, list[float]] = {}
     for key in ("loss", "accuracy"):
         values = np.asarray(getattr(result, key), dtype=np.float64)

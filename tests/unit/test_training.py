@@ -175,3 +175,20 @@ def test_chief_from_tf_config(monkeypatch):
     assert not is_chief()
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "chief", "index": 0}}))
     assert is_chief()
+
+
+def test_windowed_history_is_the_20_step_mean_at_window_ends_and_validations_however_it_is_sent():
+    from pipeline.training import TrainResult, windowed_history
+
+    rng = np.random.default_rng(0)
+    result = TrainResult(steps=list(range(61)), loss=list(rng.random(61)), accuracy=list(rng.random(61)))
+    result.val_steps = [0, 30, 60]
+    whole, steps = windowed_history(result, 0, 61)
+    assert steps == [0, 19, 30, 39, 59, 60]
+    for i, step in enumerate(steps):
+        window = result.loss[max(0, step - 19) : step + 1]
+        assert whole["loss"][i] == pytest.approx(sum(window) / len(window), rel=1e-12)
+    # sent in pieces (as the training loop's chunks arrive), the same steps and values
+    parts = [windowed_history(result, a, b) for a, b in ((0, 1), (1, 31), (31, 61))]
+    assert [s for _, part in parts for s in part] == steps
+    assert [v for values, _ in parts for v in values["accuracy"]] == whole["accuracy"]
