@@ -127,9 +127,9 @@ class Trainer:
         self.config = config
         self.optimizer = make_optimizer(config)
         self.optimizer.build(model.trainable_variables)
-        # one copy, read straight from x_train (memory-mapped by pipeline.prepared: never read twice)
-        self._x = tf.constant(x_train)
-        self._y = tf.constant(y_train.astype(np.int32))
+        # one copy, read straight from x_train (memory-mapped by pipeline.prepared: never read twice);
+        # `data_tensors` makes it once for several Trainers
+        self._x, self._y = data_tensors(x_train, y_train)
         step = self._distributed_step(strategy, config.batch_size) if strategy is not None else self._local_step()
 
         def run_steps(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -228,6 +228,14 @@ class Trainer:
         """Mean loss and accuracy over (x, y) in batches of any size."""
         logits = predict_logits(self._predict, x, batch_size)
         return cross_entropy_and_accuracy(logits, y)
+
+
+def data_tensors(x: np.ndarray | tf.Tensor, y: np.ndarray | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The training images and int32 labels as tensors (tensors already: as they are). A stage that
+    trains several seeds copies its training set once (about 0.5 s for 55,000 images), not per seed."""
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(x), tf.cast(tf.convert_to_tensor(y), tf.int32)
 
 
 def predict_logits(predict: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -346,8 +354,10 @@ def build_trainer(
     *,
     seed: int,
     strategy: tf.distribute.Strategy | None = None,
+    tensors: tuple[tf.Tensor, tf.Tensor] | None = None,
 ) -> Trainer:
-    """Seed everything, build the variant's model and its Trainer (inside the strategy's scope)."""
+    """Seed everything, build the variant's model and its Trainer (inside the strategy's scope), on
+    `tensors` (`data_tensors` of the training split) when given."""
     from contextlib import nullcontext
 
     import keras
@@ -359,7 +369,8 @@ def build_trainer(
     with strategy.scope() if strategy else nullcontext():
         model = build_model(spec, data.input_shape, data.num_classes, initializer=config.initializer, seed=seed)
         try:
-            return Trainer(model, config, data.x_train, data.y_train, strategy=strategy)
+            x, y = tensors if tensors is not None else (data.x_train, data.y_train)
+            return Trainer(model, config, x, y, strategy=strategy)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
