@@ -517,6 +517,11 @@ TRAINING_METRICS = (
 )
 # run.json values fixed by the variant: MLflow params, not metrics (one value, no history)
 VARIANT_SIZES = ("trainable_params", "flops_per_image")
+# the step of metrics with one value per run (TRAINING_METRICS, the test metrics). MLflow 3.17's chart
+# view draws a metric as a line over steps if any run's latest value of it has a step >= 1, else as
+# bars (one per run): at the last step they were one dot per run on a one-step axis (docs/ui.md).
+# They reach the logged model by its id (`log_metrics(model_id=...)`), not by the model's step.
+SINGLE_VALUE_STEP = 0
 
 
 def final_step(record: Mapping[str, Any]) -> int:
@@ -542,9 +547,9 @@ class TrainingRun:
         self._steps.log(result)
 
     def finish(self, network: Any, result: Any, record: Mapping[str, Any], model_dir: Path, data: Prepared) -> None:
-        """Log what is left once the trained model and run.json are on disk: the run's last metrics
-        and the model, linked to them at the last step; a failure here is a TrackingError that says
-        the results are safe."""
+        """Log what is left once the trained model and run.json are on disk: the model, linked to the
+        last step's metrics, then run.json's single values (at SINGLE_VALUE_STEP, linked to the model by
+        its id); a failure here is a TrackingError that says the results are safe."""
         import mlflow
 
         from pipeline.inference import pixels_from_scaled
@@ -553,7 +558,6 @@ class TrainingRun:
         sample = data.x_valid[:2] if len(data.x_valid) else data.x_train[:2]
         try:
             self._steps.close(result)
-            log_metrics({k: record.get(k) for k in TRAINING_METRICS}, step=step)
             mlflow.log_artifact(str(model_dir / "spec.json"))
             mlflow.log_artifact(str(model_dir / "history.csv"))  # every step: MLflow's curves are windowed
             if result.diverged_at is not None:
@@ -566,6 +570,7 @@ class TrainingRun:
                 step=step,
                 metadata={"variant": self.variant, "seed": self.seed, "classes": list(data.classes)},
             )
+            log_metrics({k: record.get(k) for k in TRAINING_METRICS}, step=SINGLE_VALUE_STEP, model_id=self.model_id)
         except Exception as exc:
             raise TrackingError(
                 f"{self.name}: training finished and its model and metrics are saved in {model_dir}, but logging"
@@ -576,9 +581,9 @@ class TrainingRun:
 
     def log_evaluation(self, evaluation: Any, data: Prepared, confusion_png: Path, per_class: Any) -> None:
         """The test results into this run (still open: its end time is the end of its testing): the
-        test split as a dataset of the run, the test metrics linked to it and to the logged model at
-        the model's step, the confusion matrix and per-class accuracies as artifacts (as metrics they
-        were ten more rows in every metric picker)."""
+        test split as a dataset of the run, the test metrics linked to it and to the logged model (at
+        SINGLE_VALUE_STEP: bars in MLflow's chart view), the confusion matrix and per-class accuracies
+        as artifacts (as metrics they were ten more rows in every metric picker)."""
         import mlflow
 
         try:
@@ -589,7 +594,7 @@ class TrainingRun:
                     "test_loss": evaluation.test_loss,
                     "inference_images_per_second": evaluation.images_per_second,
                 },
-                step=self.step,
+                step=SINGLE_VALUE_STEP,
                 model_id=self.model_id,
                 dataset=test,
             )
