@@ -67,17 +67,29 @@ def result(steps: int, *, diverged_at: int | None = None) -> TrainResult:
     )
 
 
-def train_and_log(store: str, data, params: Params, tmp_path: Path, variant: str, seed: int, history: TrainResult):
-    """What the train stage does around training, with a given history: returns (run id, model id)."""
+def train_and_log(
+    store: str, data, params: Params, tmp_path: Path, variant: str, seed: int, history: TrainResult, tested=None
+):
+    """What the train stage does around training, with a given history, and with the test results
+    `tested` (an Evaluation) when given: returns (run id, model id)."""
+    import pandas as pd
+
+    from pipeline.evaluation import per_class_table
+
     network = tiny_network()
     record = {"variant": variant, "seed": seed, "steps": history.steps_done, "train_seconds": 1.5}
     model_dir = tmp_path / "models" / variant / f"seed-{seed}"
     model_dir.mkdir(parents=True)
     (model_dir / "spec.json").write_text("{}")
+    pd.DataFrame({"step": history.steps, "loss": history.loss}).to_csv(model_dir / "history.csv", index=False)
     layers = describe(params.variants[variant], data.input_shape, data.num_classes)
     with tracking.training_run(store, variant, seed, params, data, layers) as run:
         run.log_steps(history)
         run.finish(network, history, record, model_dir, data)
+        if tested is not None:
+            png = tmp_path / "confusion.png"
+            png.write_bytes(b"\x89PNG\r\n\x1a\n")
+            run.log_evaluation(tested, data, png, per_class_table(tested, data.classes))
     return run.run_id, run.model_id
 
 
@@ -94,7 +106,7 @@ def test_the_logged_model_is_named_has_an_input_example_and_carries_the_last_ste
     assert linked["loss"] == (40, pytest.approx(2.3 - 0.01 * 30.5))
     assert linked["accuracy"] == (40, pytest.approx(0.1 + 0.001 * 30.5))
     assert linked["val_accuracy"] == (40, 0.8)
-    assert linked["train_seconds"] == (40, 1.5)
+    assert linked["train_seconds"] == (tracking.SINGLE_VALUE_STEP, 1.5)  # one value: a bar in the UI
     # an input example of raw pixels (0..255), N x 28 x 28 as image files hold them and the served model takes them
     info = mlflow.models.get_model_info(f"models:/{model_id}")
     assert info.metadata["data.scaling"] == data.scaling == "unit"
@@ -123,18 +135,14 @@ def test_a_run_that_diverges_at_step_0_still_logs_its_model_and_ends_failed(stor
 def test_runs_show_their_datasets_with_the_splits_sha256_and_test_metrics_link_to_the_test_set(
     store, data, params, tmp_path
 ):
-    from pipeline.evaluation import evaluate_logits, per_class_table
+    from pipeline.evaluation import evaluate_logits
 
-    run_id, model_id = train_and_log(store, data, params, tmp_path, "baseline", 2, result(5))
     logits = np.eye(10, dtype=np.float32)[np.asarray(data.y_test)]
     logits[:5] = np.roll(logits[:5], 1, axis=1)  # 5 wrong answers of 50
     evaluation = evaluate_logits(logits, np.asarray(data.y_test), 10)
-    png = tmp_path / "confusion.png"
-    png.write_bytes(b"\x89PNG\r\n\x1a\n")
-    record = {"run_id": run_id, "steps": 5}
-    with tracking.tracked_run(store, run_id=run_id):
-        tracking.log_evaluation(evaluation, record, data, png, per_class_table(evaluation, data.classes), batch_size=7)
+    run_id, model_id = train_and_log(store, data, params, tmp_path, "baseline", 2, result(5), tested=evaluation)
     run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
     # the run's model is its output (at the last step), never one of its inputs
     assert [(m.model_id, m.step) for m in run.outputs.model_outputs] == [(model_id, 4)]
     assert not run.inputs.model_inputs
@@ -149,7 +157,7 @@ def test_runs_show_their_datasets_with_the_splits_sha256_and_test_metrics_link_t
     model = mlflow.get_logged_model(model_id)
     test_metrics = {m.key: m for m in model.metrics if m.key.startswith("test_")}
     assert test_metrics["test_accuracy"].value == 0.9
-    assert test_metrics["test_accuracy"].step == 4
+    assert test_metrics["test_accuracy"].step == tracking.SINGLE_VALUE_STEP
     assert test_metrics["test_accuracy"].dataset_name == "tiny-test"
     assert test_metrics["test_accuracy"].dataset_digest == data.split_sha256["test"][:36]
     assert run.data.metrics["test_accuracy"] == 0.9
