@@ -17,6 +17,8 @@ Tables go between marker comments, so the prose around them stays: `<!-- results
 - `PROTOCOL:vs-VARIANT`: the summary table against VARIANT (reporting.summary_table_markdown);
 - `PROTOCOL:dead-runs`: the runs that did not train;
 - `PROTOCOL:step0`: the loss at step 0 of the runs that trained and of those that died, and where runs stopped;
+- `PROTOCOL:rescue`: each variant against its `_bias0` twin (biases 0 where the tutorial's are 1.0),
+  runs that trained with Fisher's exact p, and pooled;
 - `summary`: the README's short table, one row per protocol.
 """
 
@@ -96,6 +98,8 @@ RESCUES: dict[str, tuple[str, Mapping[int, Mapping[str, Any]]]] = {
     )
 }
 DIGITS_RESCUES = {name: RESCUES[name] for name in ("resize_conv_bias0", "baseline_wide_bias0")}
+# where the rescues run, the capacity control is baseline_wide_bias0: baseline_wide dies now and then
+RESCUE_REFERENCES = ("baseline", "upsample_only", "baseline_wide_bias0")
 
 
 @dataclass(frozen=True)
@@ -123,12 +127,14 @@ PROTOCOLS: dict[str, Protocol] = {
             "Fashion-MNIST, the tutorial's protocol, pixels centred",
             (*FASHION_MNIST, "data.scaling=centered", *TUTORIAL, SEEDS),
             extra_variants=RESCUES,
+            references=RESCUE_REFERENCES,
         ),
         Protocol(
             "tutorial-unit",
             "Fashion-MNIST, the tutorial's protocol, pixels in [0, 1]",
             (*FASHION_MNIST, "data.scaling=unit", *TUTORIAL, SEEDS),
             extra_variants=RESCUES,
+            references=RESCUE_REFERENCES,
         ),
         Protocol(
             "converge",
@@ -143,6 +149,7 @@ PROTOCOLS: dict[str, Protocol] = {
             (*MNIST_DIGITS, "data.scaling=centered", *TUTORIAL, SEEDS),
             variants=DIGITS_VARIANTS,
             extra_variants=DIGITS_RESCUES,
+            references=RESCUE_REFERENCES,
             setup=DIGITS_SETUP,
         ),
         Protocol(
@@ -151,6 +158,7 @@ PROTOCOLS: dict[str, Protocol] = {
             (*MNIST_DIGITS, "data.scaling=unit", *TUTORIAL, SEEDS),
             variants=DIGITS_VARIANTS,
             extra_variants=DIGITS_RESCUES,
+            references=RESCUE_REFERENCES,
             setup=DIGITS_SETUP,
         ),
     )
@@ -365,6 +373,37 @@ def step0_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def rescue_table(results: pd.DataFrame, suffix: str = "_bias0") -> pd.DataFrame:
+    """Per variant that has a `<variant><suffix>` twin in these results (the same network, biases at 0
+    where the tutorial's are 1.0): runs that trained with each, Fisher's exact p on the two counts, the
+    median step-0 loss of each; then all of them pooled. Empty when no variant has a twin."""
+    from scipy.stats import fisher_exact
+
+    names = set(results["variant"])
+    pairs = [(v, v + suffix) for v in dict.fromkeys(results["variant"]) if v + suffix in names]
+    if not pairs:
+        return pd.DataFrame()
+    rows = []
+    for label, before, after in [
+        *((v, [v], [w]) for v, w in pairs),
+        ("all of them", [v for v, _ in pairs], [w for _, w in pairs]),
+    ]:
+        one, zero = results[results["variant"].isin(before)], results[results["variant"].isin(after)]
+        k1, k0 = int(one["trained"].sum()), int(zero["trained"].sum())
+        p = fisher_exact([[k1, len(one) - k1], [k0, len(zero) - k0]]).pvalue
+        rows.append(
+            {
+                "variant": label,
+                "trained, tutorial's biases": f"{k1}/{len(one)}",
+                f"trained, {suffix.strip('_')}": f"{k0}/{len(zero)}",
+                "Fisher p": f"{p:.2g}",
+                "step-0 loss, tutorial's biases: median": f"{one['step0_loss'].median():.3g}",
+                f"step-0 loss, {suffix.strip('_')}: median": f"{zero['step0_loss'].median():.3g}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def _markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, disable_numparse=True)
 
@@ -419,6 +458,9 @@ def protocol_block(protocol: Protocol, results: pd.DataFrame, part: str | None, 
         return dead_runs(results)
     if part == "step0":
         return _markdown(step0_table(results))
+    if part == "rescue":
+        table = rescue_table(results)
+        return _markdown(table) if not table.empty else "No variant here has a `_bias0` twin."
     if part and part.startswith("vs-"):
         return comparison_table(results, part[3:])
     if part is None:
@@ -427,9 +469,12 @@ def protocol_block(protocol: Protocol, results: pd.DataFrame, part: str | None, 
         blocks.append(protocol_block(protocol, results, f"vs-{references[0]}", command))
         blocks.append(protocol_block(protocol, results, "dead-runs", command))
         blocks.append(protocol_block(protocol, results, "step0", command))
+        blocks.append(protocol_block(protocol, results, "rescue", command))
         blocks += [protocol_block(protocol, results, f"vs-{r}", command) for r in references[1:]]
         return "\n\n".join(blocks)
-    raise DataError(f"results:{protocol.name}:{part}: unknown table; known: command, vs-VARIANT, dead-runs, step0")
+    raise DataError(
+        f"results:{protocol.name}:{part}: unknown table; known: command, vs-VARIANT, dead-runs, step0, rescue"
+    )
 
 
 _MARKER = re.compile(

@@ -142,7 +142,15 @@ def test_every_protocol_is_ten_seeds_and_names_its_data():
 def test_settings_keep_remove_and_add_variants_of_params_yaml_as_it_is():
     shipped = load_params(ROOT / "params.yaml")
     tutorial = results.experiment_settings(results.PROTOCOLS["tutorial-centered"], shipped)
-    assert not any(s.startswith(("~variants", "+variants")) for s in tutorial)  # every variant
+    assert not any(s.startswith("~variants") for s in tutorial)  # every variant, and the rescues added
+    added = [s.split("=", 1)[0].removeprefix("+variants.") for s in tutorial if s.startswith("+variants")]
+    assert added == list(results.RESCUES) and all(name.endswith("_bias0") for name in added)
+    for name, (base, changes) in results.RESCUES.items():
+        derived = results.derived_variant(shipped, base, changes)
+        kinds = [layer["type"] for layer in derived["layers"]]
+        # bias_init 0.0 on every convolution after the first, nowhere else
+        expected = [0.0 if i > 0 and kind.startswith("conv") else None for i, kind in enumerate(kinds)]
+        assert [layer.get("bias_init") for layer in derived["layers"]] == expected, name
     converge = results.experiment_settings(results.PROTOCOLS["converge"], shipped)
     assert [s for s in converge if s.startswith("~")] == ["~variants.transposed_bias0"]
     digits = results.experiment_settings(results.PROTOCOLS["digits-centered"], shipped)
@@ -341,7 +349,7 @@ def test_run_puts_params_yaml_back_and_writes_the_csv(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(results.subprocess, "run", fake_run)
-    protocol = dataclasses.replace(results.PROTOCOLS["tutorial-centered"], references=("baseline",))
+    protocol = dataclasses.replace(results.PROTOCOLS["tutorial-centered"], references=("baseline",), extra_variants={})
     path = results.run_protocol(protocol, params_path, tmp_path / "docs" / "results")
     assert params_path.read_text() == original
     assert [c[:4] for c in calls] == [["dvc", "exp", "remove", "tutorial-centered"], ["dvc", "exp", "run", "-n"]]
@@ -357,3 +365,32 @@ def test_run_puts_params_yaml_back_and_writes_the_csv(tmp_path, monkeypatch):
     with pytest.raises(subprocess.CalledProcessError):
         results.run_protocol(protocol, params_path, tmp_path / "docs" / "results")
     assert params_path.read_text() == original
+
+
+def test_rescue_table_pairs_each_variant_with_its_bias0_twin_and_pools_them():
+    rows = []
+    for variant, trained in (
+        ("a", [1, 1, 0, 0]),
+        ("a_bias0", [1, 1, 1, 1]),
+        ("b", [0, 0, 0, 0]),
+        ("b_bias0", [1, 1, 1, 0]),
+    ):
+        for seed, ok in enumerate(trained, 1):
+            rows.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "trained": bool(ok),
+                    "step0_loss": 9.0 if "bias0" not in variant else 2.5,
+                }
+            )
+    table = results.rescue_table(pd.DataFrame(rows)).set_index("variant")
+    assert list(table.index) == ["a", "b", "all of them"]
+    assert table.loc["a", "trained, tutorial's biases"] == "2/4" and table.loc["a", "trained, bias0"] == "4/4"
+    # by hand: 2/4 against 4/4 is p = 0.4286; 0/4 against 3/4 is 0.1429; pooled 2/8 against 7/8 is 0.04056
+    assert table.loc["a", "Fisher p"] == "0.43"
+    assert table.loc["b", "Fisher p"] == "0.14"
+    assert table.loc["all of them", "Fisher p"] == "0.041"
+    assert table.loc["all of them", "trained, bias0"] == "7/8"
+    assert table.loc["b", "step-0 loss, bias0: median"] == "2.5"
+    assert results.rescue_table(pd.DataFrame(rows[:4])).empty
