@@ -408,7 +408,7 @@ def _markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, disable_numparse=True)
 
 
-SUMMARY_VARIANTS = ("transposed", "transposed_bias0", "baseline_wide", "upsample_only", "resize_conv")
+SUMMARY_VARIANTS = ("transposed", "transposed_bias0", "upsample_only", "baseline_wide_bias0")
 
 
 def _summary_cell(row: pd.Series, reference: str) -> str:
