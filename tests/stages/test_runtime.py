@@ -123,3 +123,17 @@ def test_the_launcher_runs_the_stage_module_with_its_arguments(tmp_path: Path):
         "pipeline.stages.prepare", "X"
     )
     assert "--raw" in launched.stdout
+
+
+def test_tensorflows_start_up_lines_reach_no_user_of_python_m_pipeline(tmp_path: Path):
+    """Outside make (no TF_CPP_MIN_LOG_LEVEL), a stage that imports TensorFlow prints only its own
+    message: no oneDNN notice, no CUDA probe's `failed call to cuInit`."""
+    env = {k: v for k, v in clean_env(PYTHONPATH=str(ROOT)).items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    image = tmp_path / "not-an-image.txt"
+    image.write_text("hello")
+    result = run(
+        [sys.executable, "-m", "pipeline", "predict", "--model", str(tmp_path), str(image)], cwd=tmp_path, env=env
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
