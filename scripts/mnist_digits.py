@@ -91,7 +91,8 @@ def settings(out: Path, sha256: dict[str, str], dataset: str = DATASET) -> list[
     return [
         f"data.dataset={dataset}",
         f"data.mirrors=[{Path(out).resolve()}]",
-        f"data.sha256={{{files}}}",
+        # `++`: DVC (Hydra) refuses to set keys inside params.yaml's empty `sha256: {}` with a plain `=`
+        f"++data.sha256={{{files}}}",
         f"data.validation_size={VALIDATION_SIZE}",
     ]
 
