@@ -102,7 +102,8 @@ def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path:
         # the server holds exactly the numbers of the metrics files
         assert run.data.metrics["test_accuracy"] == metrics["test_accuracy"]
         assert run.data.metrics["test_loss"] == metrics["test_loss"]
-        assert len(client.get_metric_history(run.info.run_id, "loss")) == 41
+        # the training loss as 20-step means: every 20 steps and at each validation of 41 steps
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [0, 19, 20, 39, 40]
     # the model comes back through the server's proxied artifact store
     mlflow.set_tracking_uri(server)
     run = training["transposed/seed-1"]
@@ -138,7 +139,7 @@ def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path:
 def test_dvc_remote_push_then_pull_restores_everything(tmp_path: Path):
     repo = tmp_path / "project"
     make_repo(repo)
-    dvc(repo, "repro", "train@transposed-1")  # fetch, prepare and one model: data and a model to share
+    dvc(repo, "repro", "train@transposed")  # fetch, prepare and one variant: data and models to share
     dvc(repo, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
     dvc(repo, "push")
     model = repo / "models" / "transposed" / "seed-1" / "model.keras"
@@ -146,9 +147,9 @@ def test_dvc_remote_push_then_pull_restores_everything(tmp_path: Path):
     shutil.rmtree(repo / ".dvc" / "cache")
     for out in ("data", "models"):
         shutil.rmtree(repo / out)
-    dvc(repo, "pull", "--with-deps", "train@transposed-1")
+    dvc(repo, "pull", "--with-deps", "train@transposed")
     assert model.read_bytes() == before
-    assert {"fetch", "prepare", "train@transposed-1"}.isdisjoint(changed_stages(repo))
+    assert {"fetch", "prepare", "train@transposed"}.isdisjoint(changed_stages(repo))
 
 
 def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_logs(tmp_path: Path):
@@ -161,11 +162,11 @@ def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_lo
     params["variants"] = {"baseline": params["variants"]["baseline"]}
     params["train"].update(steps=30, validation_every=10, seeds=[1], distribution="multi_worker")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    command = stage_command("train", params, variant="baseline", seed=1)  # as dvc.yaml runs it
+    command = stage_command("train", params, variant="baseline")  # as dvc.yaml runs it
     write_prepared(tmp_path / arg_value(command, "--data"), dataset=params["data"]["dataset"])
-    out = command.index("--out") + 1
-    (model_dir,) = stage_outs("train", params, variant="baseline", seed=1)
-    model_dir = Path(model_dir).relative_to(command[out])  # baseline/seed-1 under each worker's --out
+    roots = {flag: command.index(flag) + 1 for flag in ("--models", "--metrics", "--plots")}
+    models_out, *_ = stage_outs("train", params, variant="baseline")
+    model_dir = Path(models_out).relative_to(command[roots["--models"]]) / "seed-1"  # under each worker's --models
     ports = [free_port(), free_port()]
     procs = []
     try:
@@ -173,7 +174,8 @@ def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_lo
             cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
             task = {"cluster": cluster, "task": {"type": "worker", "index": rank}}
             env = clean_env(PYTHONPATH=str(ROOT), TF_CONFIG=json.dumps(task))
-            command[out] = f"models-{rank}"
+            for flag, index in roots.items():  # each worker writes its own files
+                command[index] = f"{flag.removeprefix('--')}-{rank}"
             procs.append(
                 subprocess.Popen(
                     list(command), cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
