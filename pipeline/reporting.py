@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipeline import statistics
+from pipeline import statistics, training
 from pipeline.errors import DataError
 from pipeline.paths import run_name
 
@@ -657,7 +657,7 @@ def trained_confusions(
 # --- the whole report -------------------------------------------------------------------------
 
 FEATURE_MAP_IMAGES = 3
-LOSS_WINDOW = 20
+LOSS_WINDOW = training.LOSS_WINDOW  # the window MLflow's training metrics use too
 
 
 @dataclass

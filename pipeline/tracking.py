@@ -515,8 +515,6 @@ TRAINING_METRICS = (
     "train_images_per_second",
     "peak_memory_mb",
 )
-# run.json values fixed by the variant: MLflow params, not metrics (one value, no history)
-VARIANT_SIZES = ("trainable_params", "flops_per_image")
 # the step of metrics with one value per run (TRAINING_METRICS, the test metrics). MLflow 3.17's chart
 # view draws a metric as a line over steps if any run's latest value of it has a step >= 1, else as
 # bars (one per run): at the last step they were one dot per run on a one-step axis (docs/ui.md).
