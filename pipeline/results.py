@@ -79,7 +79,9 @@ CONVERGE = (
     "train.optimizer=adam",
     "train.learning_rate=0.001",
     "train.batch_size=64",
-    "train.steps=6880",  # 8 epochs of the 55,000 training images at batch 64 (860 steps each)
+    # up to 15 epochs of the 55,000 training images at batch 64 (860 steps each); 8, the earlier cap,
+    # stopped baseline while its validation accuracy still rose (0.9024 -> 0.9054 in its last epoch)
+    "train.steps=12900",
     "train.validation_every=860",
     "train.early_stopping_patience=2",
     "train.initializer=keras",
