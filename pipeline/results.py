@@ -19,6 +19,8 @@ Tables go between marker comments, so the prose around them stays: `<!-- results
 - `PROTOCOL:step0`: the loss at step 0 of the runs that trained and of those that died, and where runs stopped;
 - `PROTOCOL:rescue`: each variant against its `_bias0` twin (biases 0 where the tutorial's are 1.0),
   runs that trained with Fisher's exact p, and pooled;
+- `PROTOCOL:stopping` (not in `PROTOCOL`'s list): in epochs, when each variant's runs stopped, early or
+  at the cap (for protocols with early stopping);
 - `summary`: the README's short table, one row per protocol.
 """
 
@@ -375,6 +377,32 @@ def step0_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _setting(protocol: Protocol, key: str) -> str | None:
+    """The value the protocol's `-S` settings give `key` (None: params.yaml's)."""
+    values = [s.partition("=")[2] for s in protocol.settings if s.partition("=")[0] == key]
+    return values[-1] if values else None
+
+
+def stopping_table(results: pd.DataFrame, epoch_steps: int, max_steps: int) -> pd.DataFrame:
+    """Per variant, when training stopped, in epochs of `epoch_steps` steps (the validation interval):
+    runs stopped early by patience, runs that reached the cap of `max_steps` steps, and the epochs
+    trained, median [min, max]. A run that stopped early at step s ran s + 1 steps."""
+    rows = []
+    for variant, group in results.groupby("variant", sort=False):
+        epochs = group["steps"].astype(float) / epoch_steps
+        rows.append(
+            {
+                "variant": variant,
+                "stopped early": f"{int(group['stopped_early_at'].notna().sum())}/{len(group)}",
+                f"reached the cap ({max_steps / epoch_steps:g} epochs)": (
+                    f"{int((group['steps'] >= max_steps).sum())}/{len(group)}"
+                ),
+                "epochs trained: median [range]": _median_range(epochs.round(1)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def rescue_table(results: pd.DataFrame, suffix: str = "_bias0") -> pd.DataFrame:
     """Per variant that has a `<variant><suffix>` twin in these results (the same network, biases at 0
     where the tutorial's are 1.0): runs that trained with each, Fisher's exact p on the two counts, the
@@ -460,6 +488,11 @@ def protocol_block(protocol: Protocol, results: pd.DataFrame, part: str | None, 
         return dead_runs(results)
     if part == "step0":
         return _markdown(step0_table(results))
+    if part == "stopping":
+        every, steps = _setting(protocol, "train.validation_every"), _setting(protocol, "train.steps")
+        if every is None or steps is None:
+            raise DataError(f"results:{protocol.name}:stopping: the protocol sets no train.validation_every/steps")
+        return _markdown(stopping_table(results, int(every), int(steps)))
     if part == "rescue":
         table = rescue_table(results)
         return _markdown(table) if not table.empty else "No variant here has a `_bias0` twin."
@@ -475,7 +508,7 @@ def protocol_block(protocol: Protocol, results: pd.DataFrame, part: str | None, 
         blocks += [protocol_block(protocol, results, f"vs-{r}", command) for r in references[1:]]
         return "\n\n".join(blocks)
     raise DataError(
-        f"results:{protocol.name}:{part}: unknown table; known: command, vs-VARIANT, dead-runs, step0, rescue"
+        f"results:{protocol.name}:{part}: unknown table; known: command, vs-VARIANT, dead-runs, step0, rescue, stopping"
     )
 
 

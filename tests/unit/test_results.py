@@ -394,3 +394,36 @@ def test_rescue_table_pairs_each_variant_with_its_bias0_twin_and_pools_them():
     assert table.loc["all of them", "trained, bias0"] == "7/8"
     assert table.loc["b", "step-0 loss, bias0: median"] == "2.5"
     assert results.rescue_table(pd.DataFrame(rows[:4])).empty
+
+
+def test_stopping_table_counts_early_stops_and_the_cap_in_epochs():
+    # epochs of 100 steps, a cap of 500: a run stopped early at step 299 ran 300 steps (3 epochs)
+    rows = [
+        {"variant": "a", "seed": 1, "steps": 300, "stopped_early_at": 299},
+        {"variant": "a", "seed": 2, "steps": 500, "stopped_early_at": None},
+        {"variant": "a", "seed": 3, "steps": 401, "stopped_early_at": 400},
+        {"variant": "b", "seed": 1, "steps": 500, "stopped_early_at": None},
+    ]
+    table = pd.DataFrame(rows)
+    table["stopped_early_at"] = table["stopped_early_at"].astype("Int64")
+    stopping = results.stopping_table(table, epoch_steps=100, max_steps=500).set_index("variant")
+    assert list(stopping.columns) == [
+        "stopped early",
+        "reached the cap (5 epochs)",
+        "epochs trained: median [range]",
+    ]
+    assert stopping.loc["a", "stopped early"] == "2/3" and stopping.loc["b", "stopped early"] == "0/1"
+    assert stopping.loc["a", "reached the cap (5 epochs)"] == "1/3"
+    assert stopping.loc["b", "reached the cap (5 epochs)"] == "1/1"
+    # a: 3.0, 5.0, 4.0 epochs -> median 4 [3, 5]
+    assert stopping.loc["a", "epochs trained: median [range]"] == "4 [3, 5]"
+
+
+def test_stopping_block_reads_the_epoch_and_cap_from_the_protocol():
+    table = pd.DataFrame([{"variant": "baseline", "seed": 1, "steps": 1720, "stopped_early_at": pd.NA}], dtype=object)
+    table["steps"] = table["steps"].astype("Int64")
+    table["stopped_early_at"] = table["stopped_early_at"].astype("Int64")
+    block = results.protocol_block(results.PROTOCOLS["converge"], table, "stopping", "")
+    assert "reached the cap (15 epochs)" in block and "0/1" in block and "2 [2, 2]" in block
+    with pytest.raises(DataError, match="sets no train.validation_every"):
+        results.protocol_block(results.Protocol("bare", "no settings", ()), table, "stopping", "")
