@@ -121,6 +121,8 @@ class Protocol:
     setup: tuple[str, ...] = ()
     references: tuple[str, ...] = ("baseline", "upsample_only", "baseline_wide")
     leave_out: tuple[str, ...] = ()  # variants removed from all of params.yaml's (with variants=None)
+    # variants this protocol need not run because another is the same network here ({name: the other})
+    same_as: Mapping[str, str] = field(default_factory=dict)
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -146,6 +148,8 @@ PROTOCOLS: dict[str, Protocol] = {
             (*FASHION_MNIST, "data.scaling=centered", *CONVERGE, SEEDS),
             # Keras' initialiser already starts every bias at 0: transposed_bias0 would repeat transposed exactly
             leave_out=("transposed_bias0",),
+            references=("baseline", "upsample_only", "baseline_wide", "resize_conv"),
+            same_as={"transposed_bias0": "transposed", "baseline_wide_bias0": "baseline_wide"},
         ),
         Protocol(
             "digits-centered",
@@ -466,15 +470,25 @@ def summary_table(results: Mapping[str, pd.DataFrame], reference: str = "baselin
     """The README's short table: a row per protocol, a column per variant of SUMMARY_VARIANTS that any
     protocol has. A cell: runs that trained (Fisher p against the reference when the shares differ),
     the paired difference in pp over all runs with its 95% interval (bold: Holm p < 0.05), and over the
-    seeds where both trained when that leaves some out."""
-    present = [v for v in SUMMARY_VARIANTS if any(v in set(r["variant"]) for r in results.values())]
+    seeds where both trained when that leaves some out. Where a protocol's Protocol.same_as says
+    another variant is the same network there, the cell is that variant's, marked "= `other`"."""
+
+    def same_as(name: str) -> Mapping[str, str]:
+        return PROTOCOLS[name].same_as if name in PROTOCOLS else {}
+
+    present = [
+        v for v in SUMMARY_VARIANTS if any({v, same_as(name).get(v)} & set(r["variant"]) for name, r in results.items())
+    ]
     rows = []
     for name, table in results.items():
         summary = reporting.summarize(_runs(table), NUM_CLASSES, baseline=reference).set_index("variant")
         row = {"protocol": f"`{name}`", f"`{reference}`": _summary_cell(summary.loc[reference], reference)}
         for variant in present:
+            shown = variant if variant in summary.index else same_as(name).get(variant)
             row[f"`{variant}`"] = (
-                _summary_cell(summary.loc[variant], reference) if variant in summary.index else "not run"
+                "not run"
+                if shown not in summary.index
+                else ("" if shown == variant else f"= `{shown}`: ") + _summary_cell(summary.loc[shown], reference)
             )
         rows.append(row)
     return _markdown(pd.DataFrame(rows))

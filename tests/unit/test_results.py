@@ -273,6 +273,19 @@ def test_dead_runs_and_summary_cells(collected):
     assert named["`transposed`"].endswith("(2)") and "both trained +1.00 [" in named["`transposed`"]
     assert named["`upsample_only`"].startswith("4/4; +2.00 [")
     assert "`baseline_wide`" not in named  # run by no protocol here
+    assert "`transposed_bias0`" not in named  # neither it nor a variant the same as it
+
+
+def test_summary_shows_the_variant_a_protocol_names_the_same(collected):
+    # converge: transposed_bias0 is transposed there (Keras' biases start at 0), so its cell is transposed's, marked
+    table, _ = collected
+    header, _, tutorial, converge = results.summary_table({"tutorial-centered": table, "converge": table}).splitlines()
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    tutorial_cells = dict(zip(columns, [c.strip() for c in tutorial.strip("|").split("|")], strict=True))
+    converge_cells = dict(zip(columns, [c.strip() for c in converge.strip("|").split("|")], strict=True))
+    assert tutorial_cells["`transposed_bias0`"] == "not run"
+    assert converge_cells["`transposed_bias0`"] == "= `transposed`: " + converge_cells["`transposed`"]
+    assert converge_cells["`transposed`"].startswith("2/4 (p=0.43); -35.50 [")
 
 
 DOC = """# Results
