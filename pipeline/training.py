@@ -39,6 +39,19 @@ class TrainResult:
     validation_seconds: float = 0.0
     stopped_early_at: int | None = None
     diverged_at: int | None = None  # first step whose loss was NaN/inf; training stopped there
+    restored_at: int | None = None  # early stopping: the validation step whose weights the model ends with
+
+    @property
+    def final_val_accuracy(self) -> float | None:
+        """The validation accuracy of the weights the model ends with: the restored best's under early
+        stopping, else the last validation's."""
+        if not self.val_accuracy:
+            return None
+        return (
+            self.val_accuracy[self.val_steps.index(self.restored_at)]
+            if self.restored_at is not None
+            else self.val_accuracy[-1]
+        )
 
     @property
     def steps_done(self) -> int:
@@ -286,7 +299,7 @@ def train(
     order = batch_order(len(trainer._y), config.batch_size, config.steps, seed)
     # chunk boundaries: after step 0, then every validation_every steps, then the rest
     bounds = sorted({0, *range(1, config.steps, config.validation_every), config.steps})
-    best, best_weights, since_best = -1.0, None, 0
+    best, best_weights, best_step, since_best = -1.0, None, None, 0
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
         t0 = time.perf_counter()
         losses, accuracies = trainer.run_steps(order[start:stop])
@@ -311,6 +324,7 @@ def train(
             if config.early_stopping_patience is not None and not math.isnan(val_accuracy):
                 if val_accuracy > best:
                     best, best_weights, since_best = val_accuracy, trainer.model.get_weights(), 0
+                    best_step = last
                 else:
                     since_best += 1
                     if since_best >= config.early_stopping_patience:
@@ -321,6 +335,7 @@ def train(
             break
     if best_weights is not None:
         trainer.model.set_weights(best_weights)
+        result.restored_at = best_step
     return result
 
 
@@ -419,7 +434,7 @@ def run_record(result: TrainResult, config: TrainConfig, spec: Variant, layers: 
         "steps": result.steps_done,
         "stopped_early_at": result.stopped_early_at,
         "diverged_at_step": result.diverged_at,
-        "val_accuracy": result.val_accuracy[-1] if result.val_accuracy else None,
+        "val_accuracy": result.final_val_accuracy,  # of the model as saved (restored best under early stopping)
         "train_seconds": result.train_seconds,
         "trace_seconds": result.trace_seconds,
         "validation_seconds": result.validation_seconds,

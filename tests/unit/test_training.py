@@ -123,6 +123,9 @@ def test_early_stopping_restores_the_weights_of_the_best_validation():
         np.testing.assert_array_equal(restored, at_best)
     last = weights_at[result.val_steps[-1]]
     assert any(not np.array_equal(restored, at_last) for restored, at_last in zip(final, last, strict=True))
+    # the run's record gives that model's validation accuracy, not the last validation's
+    assert result.restored_at == result.val_steps[best]
+    assert result.final_val_accuracy == result.val_accuracy[best]
     # and validating it again gives the best validation's numbers
     assert trainer.evaluate(x[:100], y[:100], VALIDATION_BATCH_SIZE) == (
         result.val_loss[best],
