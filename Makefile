@@ -15,7 +15,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
 	@touch $@
 
-run: setup  ## the default pipeline: fetch, prepare, train, evaluate, compare
+run: setup  ## the default pipeline: fetch, prepare, train (then test) each variant, compare
 	$(BIN)/dvc repro
 
 results: setup  ## every published table: each protocol as a named DVC experiment, its per-run CSV under docs/results/, then the tables of docs/results.md and README.md (1 h 40 min for tutorial-centered, tutorial-unit, digits-centered and digits-unit on 2 cores, 2 h more for converge; PROTOCOLS="digits-centered digits-unit" runs some; `python -m pipeline.results tables` only redraws the tables)
