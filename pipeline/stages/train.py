@@ -32,9 +32,12 @@ def main(argv: list[str] | None = None) -> None:
     layers = models.check_variant(args.variant, spec, data.input_shape, data.num_classes)
     experiment_id = tracking.connect()  # fails fast when a tracking server is down
     tensors = training.data_tensors(data.x_train, data.y_train)  # once for every seed
+    trainer = None  # built for the first seed, restarted for the others (traced once)
     for count, seed in enumerate(config.seeds, 1):
         name = paths.run_name(args.variant, seed)
-        trainer = training.build_trainer(spec, config, data, seed=seed, strategy=strategy, tensors=tensors)
+        trainer = training.build_trainer(
+            spec, config, data, seed=seed, strategy=strategy, tensors=tensors, previous=trainer
+        )
         with tracking.training_run(experiment_id, args.variant, seed, params, data, layers) as run:
             progress = (run.log_steps, training.progress_printer(f"{name} ({count}/{len(config.seeds)})", config))
             result = training.run(trainer, data, seed=seed, name=name, on_chunk=progress)

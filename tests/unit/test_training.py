@@ -77,6 +77,43 @@ def test_same_seed_same_numbers():
     assert a.loss != c.loss
 
 
+def test_a_restarted_trainer_trains_the_next_seed_exactly_like_a_new_one_without_retracing():
+    # Adam has a state to go back to, dropout a random-generator state: both must restart too
+    spec = parse_params(
+        {
+            "variants": {
+                "d": {
+                    "layers": [
+                        {"type": "conv", "filters": 4, "kernel_size": 5, "strides": 2},
+                        {"type": "dropout", "rate": 0.3},
+                        {"type": "flatten"},
+                        {"type": "dense", "units": 10, "activation": None},
+                    ]
+                }
+            }
+        }
+    ).variants["d"]
+    config = TrainConfig(steps=25, validation_every=10, initializer="keras", optimizer="adam", learning_rate=0.01)
+    x, y = easy_data(400)
+
+    def fresh(seed: int) -> Trainer:
+        seed_everything(seed)
+        return Trainer(build_model(spec, (28, 28, 1), 10, seed=seed), config, x, y)
+
+    trainer = fresh(1)
+    first = train(trainer, x[:100], y[:100], seed=1)
+    seed_everything(2)
+    trainer.restart(build_model(spec, (28, 28, 1), 10, seed=2))
+    restarted = train(trainer, x[:100], y[:100], seed=2)
+    new = fresh(2)
+    reference = train(new, x[:100], y[:100], seed=2)
+    assert restarted.loss == reference.loss and restarted.val_accuracy == reference.val_accuracy
+    assert restarted.loss != first.loss
+    for mine, theirs in zip(trainer.model.get_weights(), new.model.get_weights(), strict=True):
+        assert np.array_equal(mine, theirs)
+    assert trainer._run_steps.experimental_get_tracing_count() == 1  # traced for seed 1 only
+
+
 def test_evaluation_batch_size_is_independent_of_training_batch_size():
     trainer, _ = run(TrainConfig(steps=5, batch_size=16, initializer="keras"))
     x, y = easy_data(250, seed=9)
