@@ -2,6 +2,11 @@
 benchmarks/bench_pipeline.py: import once, then for each variant and seed of params.yaml build the
 network, `fit` it (batch and steps as train.*, steps_per_execution as given), evaluate on the test
 set. Same prepared data, same networks (pipeline.models.build_model), no tracking, no files.
+
+`--validate`: what a user reproducing the protocol would add, validation on the validation split
+before training and every train.validation_every steps (Keras validates at the end of each epoch,
+so the steps run as epochs of validation_every steps: 1000 of the 1001 steps, 11 validations, as
+the pipeline's).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="data/prepared/<dataset>")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--validate", action="store_true", help="validate as the pipeline does (see above)")
     args = parser.parse_args()
 
     import keras
@@ -38,14 +44,27 @@ def main() -> None:
                 metrics=["accuracy"],
                 steps_per_execution=args.steps_per_execution,
             )
-            model.fit(
-                data.x_train,
-                data.y_train,
-                batch_size=config.batch_size,
-                epochs=1,
-                steps_per_epoch=config.steps,
-                verbose=0,
-            )
+            if args.validate:
+                model.evaluate(data.x_valid, data.y_valid, batch_size=params.evaluate.batch_size, verbose=0)
+                model.fit(
+                    data.x_train,
+                    data.y_train,
+                    batch_size=config.batch_size,
+                    epochs=config.steps // config.validation_every,
+                    steps_per_epoch=config.validation_every,
+                    validation_data=(data.x_valid, data.y_valid),
+                    validation_batch_size=params.evaluate.batch_size,
+                    verbose=0,
+                )
+            else:
+                model.fit(
+                    data.x_train,
+                    data.y_train,
+                    batch_size=config.batch_size,
+                    epochs=1,
+                    steps_per_epoch=config.steps,
+                    verbose=0,
+                )
             _, accuracy = model.evaluate(data.x_test, data.y_test, batch_size=params.evaluate.batch_size, verbose=0)
             print(
                 f"{variant}/seed-{seed}: test_accuracy {accuracy:.4f} in {time.perf_counter() - start:.1f}s", flush=True
