@@ -555,7 +555,7 @@ def learning_curves(runs: pd.DataFrame, trained: Mapping[tuple[str, int], bool] 
     order = {v: i for i, v in enumerate(dict.fromkeys(runs["variant"]))}
     curves = (
         long.groupby(["variant", "step"], sort=False)["value"]
-        .agg(mean="mean", std=lambda s: s.std(ddof=1), min="min", max="max", n="count")
+        .agg(mean="mean", std="std", min="min", max="max", n="count")  # pandas: std is ddof=1
         .reset_index()
     )
     spread = curves["std"].fillna(0.0)
