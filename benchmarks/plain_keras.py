@@ -46,25 +46,15 @@ def main() -> None:
             )
             if args.validate:
                 model.evaluate(data.x_valid, data.y_valid, batch_size=params.evaluate.batch_size, verbose=0)
-                model.fit(
-                    data.x_train,
-                    data.y_train,
-                    batch_size=config.batch_size,
-                    epochs=config.steps // config.validation_every,
-                    steps_per_epoch=config.validation_every,
-                    validation_data=(data.x_valid, data.y_valid),
-                    validation_batch_size=params.evaluate.batch_size,
-                    verbose=0,
-                )
+                rounds = {
+                    "epochs": config.steps // config.validation_every,
+                    "steps_per_epoch": config.validation_every,
+                    "validation_data": (data.x_valid, data.y_valid),
+                    "validation_batch_size": params.evaluate.batch_size,
+                }
             else:
-                model.fit(
-                    data.x_train,
-                    data.y_train,
-                    batch_size=config.batch_size,
-                    epochs=1,
-                    steps_per_epoch=config.steps,
-                    verbose=0,
-                )
+                rounds = {"epochs": 1, "steps_per_epoch": config.steps}
+            model.fit(data.x_train, data.y_train, batch_size=config.batch_size, verbose=0, **rounds)
             _, accuracy = model.evaluate(data.x_test, data.y_test, batch_size=params.evaluate.batch_size, verbose=0)
             print(
                 f"{variant}/seed-{seed}: test_accuracy {accuracy:.4f} in {time.perf_counter() - start:.1f}s", flush=True
