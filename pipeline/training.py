@@ -309,7 +309,7 @@ def train(
     order = batch_order(len(trainer._y), config.batch_size, config.steps, seed)
     # chunk boundaries: after step 0, then every validation_every steps, then the rest
     bounds = sorted({0, *range(1, config.steps, config.validation_every), config.steps})
-    best, best_weights, best_step, since_best = -1.0, None, None, 0
+    best, best_weights, since_best = -1.0, None, 0
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
         t0 = time.perf_counter()
         losses, accuracies = trainer.run_steps(order[start:stop])
@@ -334,7 +334,7 @@ def train(
             if config.early_stopping_patience is not None and not math.isnan(val_accuracy):
                 if val_accuracy > best:
                     best, best_weights, since_best = val_accuracy, trainer.model.get_weights(), 0
-                    best_step = last
+                    result.restored_at = last  # the weights the model ends with (restored below)
                 else:
                     since_best += 1
                     if since_best >= config.early_stopping_patience:
@@ -345,7 +345,6 @@ def train(
             break
     if best_weights is not None:
         trainer.model.set_weights(best_weights)
-        result.restored_at = best_step
     return result
 
 
