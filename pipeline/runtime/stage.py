@@ -60,8 +60,8 @@ def run_stage(
     try:
         if tensorflow:
             _import_tensorflow_quietly()
-            # TensorFlow's million-odd objects live as long as the process: the cyclic garbage
-            # collector's full passes during the stage need not walk them again and again
+            # the ~400,000 objects TensorFlow's import makes live as long as the process: the cyclic
+            # garbage collector's full passes during the stage need not walk them again and again
             gc.freeze()
         mark_stage_start()
         main(argv)
