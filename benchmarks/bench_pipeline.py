@@ -6,8 +6,8 @@ from a local mirror (Debian's dataset-fashion-mnist by default), after `dvc repr
 1. **Bookkeeping per run** (`--seeds 2 5 10 20`): params.yaml's variants with `train.steps=10`, so
    training is negligible; the wall time of `dvc repro` (every train@<variant> stage and compare)
    divided by the number of runs (variant x seed), and of it the runs' own recorded work (training,
-   validation, testing), below which no design's time per run can go. Then the best of three no-op
-   `dvc repro`.
+   tracing, validation, testing: `work_seconds`), below which no design's time per run can go. Then
+   the best of three no-op `dvc repro`.
 2. **Against the plain script** (`--plain`): the default protocol (params.yaml as shipped: every
    variant, its seeds, 1001 steps) as `dvc repro` (with fetch and prepare, timed apart, that is
    the whole of `make run` on a set-up clone), against `benchmarks/plain_keras.py` on the same
