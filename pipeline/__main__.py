@@ -5,7 +5,7 @@ import os
 import runpy
 import sys
 
-STAGES = ("fetch", "prepare", "train", "compare", "predict")
+STAGES = ("fetch", "prepare", "train", "compare", "predict", "grid")
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in STAGES:

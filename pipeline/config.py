@@ -54,6 +54,9 @@ class TrainConfig(Strict):
     on_divergence: Literal["record", "fail"] = "record"
     # none | mirrored (all local GPUs) | multi_worker (tf.distribute over the workers in TF_CONFIG)
     distribution: Literal["none", "mirrored", "multi_worker"] = "none"
+    # TensorFlow's intra- and inter-op threads: part of a run's definition, since oneDNN splits its
+    # reductions by thread count (same params, seed and threads: same numbers on any machine)
+    threads: PositiveInt = 1
 
     @field_validator("seeds")
     @classmethod

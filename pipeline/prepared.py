@@ -104,3 +104,10 @@ def load(directory: Path) -> Prepared:
         )
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise DataError(f"{directory} is not a prepared dataset ({exc}): rerun `dvc repro prepare`") from None
+
+
+def in_memory(data: Prepared) -> Prepared:
+    """The same splits as arrays in memory rather than memory maps (to send them to other processes)."""
+    import dataclasses
+
+    return dataclasses.replace(data, **{name: np.array(getattr(data, name)) for name in ARRAYS})

@@ -499,9 +499,17 @@ def log_dataset(data: Prepared, split: str) -> Any:
     """Log a split as an input of the active run; returns the dataset (metrics computed on it name
     it, so the logged model's page lists it under "Datasets used")."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     logged = dataset(data, split)
-    mlflow.log_input(logged, context=DATASET_CONTEXT[split], tags={"sha256": data.split_sha256[split]})
+    try:
+        mlflow.log_input(logged, context=DATASET_CONTEXT[split], tags={"sha256": data.split_sha256[split]})
+    except MlflowException as exc:
+        # runs logging one new dataset at once (grid workers, `dvc queue` on a server): one inserts it,
+        # the others' inserts fail on its unique key; a second try finds it in place
+        if "UNIQUE constraint" not in str(exc) and "duplicate key" not in str(exc):
+            raise
+        mlflow.log_input(logged, context=DATASET_CONTEXT[split], tags={"sha256": data.split_sha256[split]})
     return logged
 
 
@@ -625,20 +633,29 @@ def training_params(variant: str, seed: int, params: Params, layers: Sequence[La
 
 @contextmanager
 def training_run(
-    experiment_id: str, variant: str, seed: int, params: Params, data: Prepared, layers: Sequence[LayerInfo]
+    experiment_id: str,
+    variant: str,
+    seed: int,
+    params: Params,
+    data: Prepared,
+    layers: Sequence[LayerInfo],
+    *,
+    tags: Mapping[str, str] | None = None,
+    stage: str | None = None,
 ) -> Iterator[TrainingRun]:
-    """The MLflow run of one seed of train@<variant>, named and tagged, with its params and its
-    training and validation datasets logged. It ends when the block ends (after the seed's testing):
-    FINISHED, or FAILED for a diverged run (and on an error), or KILLED on Ctrl-C."""
+    """The MLflow run of one seed of train@<variant> (or of `stage`), named and tagged (plus `tags`),
+    with its params and its training and validation datasets logged. It ends when the block ends
+    (after the seed's testing): FINISHED, or FAILED for a diverged run (and on an error), or KILLED
+    on Ctrl-C."""
     import mlflow
 
     tags = run_tags(
         variant=variant,
         seed=seed,
-        stage=f"train@{variant}",
+        stage=stage or f"train@{variant}",
         dataset=data.dataset,
         dataset_sha256=",".join(data.source_sha256),
-    )
+    ) | dict(tags or {})
     with tracked_run(experiment_id, name=run_name(variant, seed), tags=tags) as run:
         mlflow.log_params(training_params(variant, seed, params, layers))
         for split in ("train", "validation"):

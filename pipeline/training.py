@@ -70,6 +70,30 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def set_threads(threads: int) -> None:
+    """Pin TensorFlow's intra- and inter-op thread pools to `threads` (train.threads), before its
+    first op: by default TensorFlow takes one thread per core, and oneDNN splits its reductions by
+    thread count, so the same seed would give other numbers on a machine with another core count.
+
+    A process whose pools are already set (a second stage's main in the same process, a warm grid
+    worker) keeps them when they are the same; other counts there are an error, not a silent change.
+    """
+    import tensorflow as tf
+
+    intra = tf.config.threading.get_intra_op_parallelism_threads()
+    inter = tf.config.threading.get_inter_op_parallelism_threads()
+    if (intra, inter) == (threads, threads):
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow's context already runs with other pools
+        raise UserError(
+            f"train.threads is {threads}, but this process already runs TensorFlow with {intra} intra-op and"
+            f" {inter} inter-op threads: start a new process for runs with another train.threads"
+        ) from None
+
+
 def batch_order(num_examples: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
     """Indices of every minibatch, shape (steps, batch_size): shuffled epochs, as the tutorial's next_batch.
 

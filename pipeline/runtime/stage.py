@@ -23,7 +23,7 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly() -> None:
     """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) kept off the terminal.
 
     TF_CPP_MIN_LOG_LEVEL does not reach messages logged before absl is initialised, nor the CUDA
@@ -59,7 +59,7 @@ def run_stage(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if tensorflow:
-            _import_tensorflow_quietly()
+            import_tensorflow_quietly()
             # the ~400,000 objects TensorFlow's import makes live as long as the process: the cyclic
             # garbage collector's full passes during the stage need not walk them again and again
             gc.freeze()

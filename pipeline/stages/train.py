@@ -4,13 +4,12 @@ process; each seed is one MLflow run that starts and ends with its own training 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from pipeline import artifacts, evaluation, models, paths, prepared, tracking, training
+from pipeline import models, paths, prepared, tracking, training
 from pipeline.config import load_params
-from pipeline.figures import confusion_matrix_figure
-from pipeline.runtime.stage import run_stage, stage_peak_memory_mb
+from pipeline.runner import OutputRoots, Runner
+from pipeline.runtime.stage import run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,58 +24,17 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     spec, config = params.variant(args.variant, source=args.params), params.train
-    strategy = training.make_strategy(config.distribution)  # before any other TensorFlow op
+    training.set_threads(config.threads)  # before any TensorFlow op, as the strategy below
+    strategy = training.make_strategy(config.distribution)
     if not training.is_chief():
         tracking.use_scratch_store()  # other workers train in lockstep; only the chief logs to MLflow
     data = prepared.load(args.data)
-    layers = models.check_variant(args.variant, spec, data.input_shape, data.num_classes)
+    models.check_variant(args.variant, spec, data.input_shape, data.num_classes)
     experiment_id = tracking.connect()  # fails fast when a tracking server is down
-    tensors = training.data_tensors(data.x_train, data.y_train)  # once for every seed
-    trainer = None  # built for the first seed, restarted for the others (traced once)
+    runner = Runner(params, data, experiment_id, strategy=strategy)
+    outputs = OutputRoots(args.models, args.metrics, args.plots)
     for count, seed in enumerate(config.seeds, 1):
-        name = paths.run_name(args.variant, seed)
-        trainer = training.build_trainer(
-            spec, config, data, seed=seed, strategy=strategy, tensors=tensors, previous=trainer
-        )
-        with tracking.training_run(experiment_id, args.variant, seed, params, data, layers) as run:
-            progress = (run.log_steps, training.progress_printer(f"{name} ({count}/{len(config.seeds)})", config))
-            result = training.run(trainer, data, seed=seed, name=name, on_chunk=progress)
-            record = {
-                "variant": args.variant,
-                "seed": seed,
-                "run_id": run.run_id,
-                "experiment_id": run.experiment_id,
-                **training.run_record(result, config, spec, layers),
-                "data_scaling": data.scaling,  # what `python -m pipeline predict` scales a file's pixels with
-                "peak_memory_mb": stage_peak_memory_mb(),
-            }
-            model_dir = paths.model_dir(args.variant, seed, args.models)
-            # the trained model and its metrics reach the disk before anything else can fail
-            artifacts.write_trained(
-                model_dir, trainer.model, result, spec={"variant": args.variant, **spec.model_dump()}, run=record
-            )
-            run.finish(trainer.model, result, record, model_dir, data)
-            tested = evaluation.evaluate(
-                trainer.predict, data.x_test, data.y_test, data.num_classes, params.evaluate.batch_size
-            )
-            plots = paths.plots_dir(args.variant, seed, args.plots)
-            artifacts.write_evaluation(
-                plots,
-                paths.metrics_file(args.variant, seed, args.metrics),
-                evaluation.metrics_record(record, tested, data.classes, params.evaluate.batch_size),
-                evaluation.confusion_pairs(tested.confusion, data.classes),
-                confusion_matrix_figure(
-                    tested.confusion, data.classes, f"{name}: test accuracy {tested.test_accuracy:.2%}"
-                ),
-            )
-            run.log_evaluation(tested, data, plots / "confusion.png", evaluation.per_class_table(tested, data.classes))
-        print(
-            f"{name}: trained {result.steps_done} steps in {result.train_seconds:.1f}s"
-            f" ({record['train_images_per_second']:,.0f} images/s), val_accuracy {record['val_accuracy']},"
-            f" test_accuracy {tested.test_accuracy:.4f} ({tested.images_per_second:,.0f} images/s at batch"
-            f" {params.evaluate.batch_size})",
-            file=sys.stderr,
-        )
+        runner.run(args.variant, seed, outputs, label=f" ({count}/{len(config.seeds)})")
 
 
 if __name__ == "__main__":
