@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test test-fast lint bench bench-pipeline ui ui-check server results
+.PHONY: setup run test test-fast lint bench bench-pipeline bench-grid ui ui-check server results grid
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 run: setup  ## the default pipeline: fetch, prepare, train (then test) each variant, compare
 	$(BIN)/dvc repro
 
-results: setup  ## every published table: each protocol as a named DVC experiment, its per-run CSV under docs/results/, then the tables of docs/results.md and README.md (1 h 40 min for tutorial-centered, tutorial-unit, digits-centered and digits-unit on 2 cores, 2 h more for converge; PROTOCOLS="digits-centered digits-unit" runs some; `python -m pipeline.results tables` only redraws the tables)
+results: setup  ## every published table: each protocol as a grid (grids/<protocol>/, on every core, or the cluster in RAY_ADDRESS; a rerun resumes), its per-run CSV under docs/results/, then the tables of docs/results.md and README.md (PROTOCOLS="digits-centered digits-unit" runs some; `python -m pipeline.results tables` only redraws the tables)
 	$(BIN)/python -m pipeline.results run $(PROTOCOLS)
 
 test: setup  ## the whole test suite (no network): unit, stages and e2e
@@ -36,6 +36,9 @@ bench: setup  ## training speed: ours vs plain Keras model.fit; writes reports/b
 
 bench-pipeline: setup  ## pipeline overhead: a forced `dvc repro` against the training it runs; reports/pipeline_benchmark.json
 	$(BIN)/python -m benchmarks.bench_pipeline
+
+bench-grid: setup  ## the grid's figures: local grid vs the serial path, per-run cost, 2 nodes vs 1, make results extrapolated; reports/grid_benchmark.json (about 15 min)
+	$(BIN)/python -m benchmarks.bench_grid
 
 UI_LOG ?= $(VENV)/mlflow-ui.log
 ui: setup  ## the MLflow UI on the project's embedded store; its log to $(UI_LOG), the link that opens the training runs printed last; Ctrl-C stops it

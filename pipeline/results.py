@@ -2,8 +2,8 @@
 tables of docs/results.md and README.md regenerated from those CSVs alone.
 
     python -m pipeline.results commands [PROTOCOL ...]   # each protocol's setup and `dvc exp run` command
-    python -m pipeline.results run [PROTOCOL ...]        # `make results`: run, collect, then tables
-    python -m pipeline.results collect PROTOCOL          # the workspace's finished runs -> docs/results/PROTOCOL.csv
+    python -m pipeline.results run [PROTOCOL ...]        # `make results`: each protocol as a grid, then tables
+    python -m pipeline.results collect PROTOCOL          # a `dvc exp run`'s runs in the workspace -> the CSV
     python -m pipeline.results tables                    # docs/results/*.csv -> the marked tables
 
 The protocols are defined once, in PROTOCOLS. A protocol's settings are `dvc exp run -S` values on top of
@@ -228,10 +228,23 @@ def experiment_settings(protocol: Protocol, params: Params) -> list[str]:
 
 
 def experiment_command(protocol: Protocol, params: Params) -> list[str]:
-    """`dvc exp run -n NAME -S ...` for the protocol."""
+    """`dvc exp run -n NAME -S ...` for the protocol: the same runs as a named DVC experiment in the
+    workspace, one stage per variant (the published CSVs come from `grid_command`)."""
     command = ["dvc", "exp", "run", "-n", protocol.name]
     for setting in experiment_settings(protocol, params):
         command += ["-S", setting]
+    return command
+
+
+GRIDS = Path("grids")  # each protocol's grid folder: grids/<protocol>/ (runs.csv, per-run files)
+
+
+def grid_command(protocol: Protocol, params: Params) -> list[str]:
+    """`python -m pipeline grid --out grids/NAME --set ...` for the protocol: every variant x seed
+    of its params, on every core here (or on the cluster in RAY_ADDRESS)."""
+    command = ["python", "-m", "pipeline", "grid", "--out", str(GRIDS / protocol.name)]
+    for setting in experiment_settings(protocol, params):
+        command += ["--set", setting]
     return command
 
 
@@ -550,8 +563,8 @@ def fill_blocks(text: str, render: Any) -> tuple[str, list[str]]:
 def commands(protocol: Protocol, params: Params) -> str:
     """The shell lines that produce a protocol's CSV."""
     lines = [shell_line(protocol.setup)] if protocol.setup else []
-    lines.append(shell_line(experiment_command(protocol, params)))
-    lines.append(f"python -m pipeline.results collect {protocol.name}")
+    lines.append(shell_line(grid_command(protocol, params)))
+    lines.append(f"cp {GRIDS / protocol.name / 'runs.csv'} {RESULTS_DIR / protocol.name}.csv")
     return "\n".join(lines)
 
 
@@ -593,22 +606,17 @@ def render_tables(files: Sequence[Path], results_dir: Path, params: Params) -> d
 
 
 def run_protocol(protocol: Protocol, params_path: Path = Path("params.yaml"), results_dir: Path = RESULTS_DIR) -> Path:
-    """Set up the data, run the protocol as a named DVC experiment in the workspace, collect its CSV.
-
-    `dvc exp run -S` rewrites params.yaml; it is put back as it was afterwards, whatever happens, so the
-    next protocol starts from the same params.yaml. The workspace keeps the last protocol's outputs."""
+    """Set up the data, run the protocol as a grid (grids/<protocol>/: a rerun resumes it), write its
+    CSV. params.yaml is not changed: the protocol's settings apply to the grid alone."""
     from pipeline.config import load_params
+    from pipeline.grid.driver import run_grid
+    from pipeline.grid.spec import apply_settings
 
     params = load_params(params_path)
-    original = params_path.read_text()
     if protocol.setup:
         subprocess.run([sys.executable, *protocol.setup[1:]], check=True)
-    subprocess.run(["dvc", "exp", "remove", protocol.name], capture_output=True)  # rerun under the same name
-    try:
-        subprocess.run(experiment_command(protocol, params), check=True)
-        table = collect(load_params(params_path))
-    finally:
-        params_path.write_text(original)
+    grid_params = apply_settings(params_path, experiment_settings(protocol, params))
+    table = run_grid(grid_params, list(grid_params.variants), grid_params.train.seeds, GRIDS / protocol.name)
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{protocol.name}.csv"
     table.to_csv(path, index=False)

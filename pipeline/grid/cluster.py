@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ def connect(address: str | None, workers: int, threads: int) -> Iterator[dict[st
     shut down at the end. Yields what the progress line reports: {"address", "local", "nodes"}."""
     import ray
 
+    require_token_auth()
     package = Path(__file__).resolve().parents[1]
     runtime_env = {
         "py_modules": [str(package)],
@@ -69,9 +70,33 @@ def connect(address: str | None, workers: int, threads: int) -> Iterator[dict[st
     else:
         ray.init(num_cpus=workers * threads, **options)
     try:
+        if address is None:
+            protect_token()
         yield {"address": address or "local", "local": address is None, "nodes": len(ray.nodes())}
     finally:
         ray.shutdown()
+
+
+def require_token_auth() -> None:
+    """Ray's token authentication, on: RAY_AUTH_MODE=token for this driver and the processes it
+    starts (a driver joining a cluster needs it too); `disabled` is refused, since anyone who can
+    reach an unauthenticated cluster's ports can run code on it."""
+    mode = os.environ.get("RAY_AUTH_MODE", "token").lower()
+    if mode != "token":
+        raise UserError(
+            f"RAY_AUTH_MODE={mode}: the grid runs Ray with token authentication only. Unset RAY_AUTH_MODE or"
+            " set it to token, and give every node the cluster's token (docs/scale.md)"
+        )
+    os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def protect_token() -> None:
+    """The token Ray wrote for a local cluster (~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH) readable
+    by its owner alone: Ray 2.60 writes it with the default umask (0644)."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    with suppress(OSError):
+        if path.is_file() and path.stat().st_uid == os.getuid():
+            path.chmod(0o600)
 
 
 def check_versions(driver: Mapping[str, str], workers: list[Mapping[str, str]]) -> None:

@@ -48,12 +48,37 @@ def apply_settings(params_path: Path, settings: Sequence[str]) -> Params:
         except InvalidArgumentError as exc:
             cause = exc.__cause__
             detail = str(cause).strip().splitlines()[0] if cause else str(exc)
+            detail = _unknown_key(yaml.safe_load(params_path.read_text()), settings) or detail
             raise ConfigError(
                 f"--set {' '.join(settings)}: {detail}; write KEY=VALUE as for `dvc exp run -S`"
                 " (e.g. --set train.steps=2000, +variants.NAME={...} to add, ~variants.NAME to remove)"
             ) from None
         raw = yaml.safe_load(copy.read_text())
     return parse_params(raw, f"{params_path} with --set {' '.join(settings)}")
+
+
+def _unknown_key(raw: object, settings: Sequence[str]) -> str | None:
+    """For a `KEY=VALUE` whose KEY is not in params.yaml: which part is unknown, with a hint."""
+    import difflib
+
+    for setting in settings:
+        key, sep, _ = setting.partition("=")
+        if not sep or key.startswith(("+", "~")):
+            continue
+        node, path = raw, []
+        for part in key.split("."):
+            if not isinstance(node, dict):
+                break
+            if part not in node:
+                hint = difflib.get_close_matches(part, [str(k) for k in node], n=1)
+                where = ".".join([*path, part])
+                return (
+                    f"{where}: unknown key"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + " (+KEY=VALUE adds one)"
+                )
+            node, path = node[part], [*path, part]
+    return None
 
 
 def select_variants(params: Params, text: str | None, source: str = "params.yaml") -> list[str]:

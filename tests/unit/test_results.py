@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import subprocess
 
 import pandas as pd
 import pytest
@@ -174,13 +173,17 @@ def test_settings_keep_remove_and_add_variants_of_params_yaml_as_it_is():
         results.derived_variant(shipped, "transposed", {9: {"bias_init": 0.0}})
 
 
-def test_commands_are_the_setup_the_experiment_and_the_collect():
+def test_commands_are_the_setup_the_grid_and_the_copy():
     shipped = load_params(ROOT / "params.yaml")
     lines = results.commands(results.PROTOCOLS["digits-unit"], shipped).splitlines()
     assert lines[0] == "python scripts/mnist_digits.py --out data/mnist-digits-source"
-    assert lines[1].startswith("dvc exp run -n digits-unit -S data.dataset=mnist_t10k_split ")
-    assert "-S '++data.sha256={train-images-idx3-ubyte.gz: cd3bdce6" in lines[1]
-    assert lines[2] == "python -m pipeline.results collect digits-unit"
+    assert lines[1].startswith("python -m pipeline grid --out grids/digits-unit --set data.dataset=mnist_t10k_split ")
+    assert "--set '++data.sha256={train-images-idx3-ubyte.gz: cd3bdce6" in lines[1]
+    assert lines[2] == "cp grids/digits-unit/runs.csv docs/results/digits-unit.csv"
+    experiment = results.experiment_command(results.PROTOCOLS["digits-unit"], shipped)
+    grid = results.grid_command(results.PROTOCOLS["digits-unit"], shipped)
+    assert experiment[:5] == ["dvc", "exp", "run", "-n", "digits-unit"]  # the same settings, as a DVC experiment
+    assert experiment[6::2] == grid[7::2] and set(experiment[5::2]) == {"-S"} and set(grid[6::2]) == {"--set"}
 
 
 # --- per-run CSVs ----------------------------------------------------------------------------------
@@ -344,40 +347,38 @@ def test_a_whole_protocol_block_and_an_unknown_name(collected, tmp_path):
         results.render_tables([doc], path.parent, shipped)
 
 
-# --- run: the bookkeeping around `dvc exp run` -----------------------------------------------------
+# --- run: each protocol as a grid ------------------------------------------------------------------
 
 
-def test_run_puts_params_yaml_back_and_writes_the_csv(tmp_path, monkeypatch):
+def test_run_gives_the_grid_the_protocols_settings_and_leaves_params_yaml_alone(tmp_path, monkeypatch):
+    import pipeline.grid.driver
+
     params_path = tmp_path / "params.yaml"
-    original = "# shipped, with a comment\n" + yaml.safe_dump(params_dict())
+    shipped = {"data": {"scaling": "centered"}, "train": {"steps": 10, "seeds": [1]}, "variants": VARIANTS}
+    original = "# shipped, with a comment\n" + yaml.safe_dump(shipped)
     params_path.write_text(original)
     monkeypatch.chdir(tmp_path)
+    write_runs(tmp_path)
     calls = []
 
-    def fake_run(command, **kwargs):
-        calls.append(command)
-        if command[:3] == ["dvc", "exp", "run"]:  # what DVC does: rewrite params.yaml, leave the outputs
-            params_path.write_text(yaml.safe_dump(params_dict(seeds=(1, 2, 3, 4))))
-            write_runs(tmp_path)
-        return subprocess.CompletedProcess(command, 0)
+    def fake_grid(params, variants, seeds, out, **kwargs):
+        calls.append((params, list(variants), list(seeds), out))
+        return results.collect(params)
 
-    monkeypatch.setattr(results.subprocess, "run", fake_run)
-    protocol = dataclasses.replace(results.PROTOCOLS["tutorial-centered"], references=("baseline",), extra_variants={})
+    monkeypatch.setattr(pipeline.grid.driver, "run_grid", fake_grid)
+    protocol = dataclasses.replace(
+        results.PROTOCOLS["tutorial-centered"],
+        settings=("train.steps=1001", "train.seeds=[1,2,3,4]", "data.scaling=unit"),
+        references=("baseline",),
+        extra_variants={},
+    )
     path = results.run_protocol(protocol, params_path, tmp_path / "docs" / "results")
     assert params_path.read_text() == original
-    assert [c[:4] for c in calls] == [["dvc", "exp", "remove", "tutorial-centered"], ["dvc", "exp", "run", "-n"]]
+    ((params, variants, seeds, out),) = calls
+    assert (params.train.steps, params.data.scaling) == (1001, "unit")
+    assert variants == list(params_dict()["variants"]) and seeds == [1, 2, 3, 4]
+    assert out == results.GRIDS / "tutorial-centered"
     assert len(results.read_results(path)) == 12
-
-    def failing(command, **kwargs):
-        if command[:3] == ["dvc", "exp", "run"]:
-            params_path.write_text("changed")
-            raise subprocess.CalledProcessError(1, command)
-        return subprocess.CompletedProcess(command, 0)
-
-    monkeypatch.setattr(results.subprocess, "run", failing)
-    with pytest.raises(subprocess.CalledProcessError):
-        results.run_protocol(protocol, params_path, tmp_path / "docs" / "results")
-    assert params_path.read_text() == original
 
 
 def test_rescue_table_pairs_each_variant_with_its_bias0_twin_and_pools_them():
