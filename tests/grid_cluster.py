@@ -183,9 +183,12 @@ def tasks_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def wait_for(condition: Any, timeout: float, what: str) -> None:
+def wait_for(condition: Any, timeout: float, what: str, proc: subprocess.Popen) -> None:
+    """Poll `condition` until it holds; fail when `proc` (what should make it hold) exits first."""
     deadline = time.monotonic() + timeout
     while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args} exited {proc.returncode} before {what}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.5)
@@ -254,7 +257,7 @@ def node_dies(folder: Path) -> dict:
                 env={**environment, "MLFLOW_TRACKING_URI": server.url},
             )
         try:
-            wait_for(lambda: any("run_id" in t for t in tasks_log(project / "g")), 300, "the first finished run")
+            wait_for(lambda: any("run_id" in t for t in tasks_log(project / "g")), 300, "the first finished run", grid)
             time.sleep(1.0)  # both nodes have their next run by now
             cluster.kill_node(1)
             returncode = grid.wait(timeout=600)
@@ -282,7 +285,7 @@ def interrupt_resume(folder: Path) -> dict:
             command, cwd=project, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
         )
     try:
-        wait_for(lambda: any("run_id" in t for t in tasks_log(project / "g")), 300, "the first finished run")
+        wait_for(lambda: any("run_id" in t for t in tasks_log(project / "g")), 300, "the first finished run", grid)
         finished_before = [t for t in tasks_log(project / "g") if "run_id" in t]
         os.killpg(grid.pid, signal.SIGINT)
         first = grid.wait(timeout=120)

@@ -68,7 +68,9 @@ def connect(address: str | None, workers: int, threads: int) -> Iterator[dict[st
         except (ConnectionError, RuntimeError) as exc:
             raise UserError(f"cannot join the Ray cluster at {address}: {str(exc).strip().splitlines()[0]}") from None
     else:
-        ray.init(num_cpus=workers * threads, **options)
+        # "local": a new Ray of its own, never one found running here (ray.init() alone joins that)
+        # and advertised on loopback: its workers are all here (Ray still binds every interface)
+        ray.init(address="local", num_cpus=workers * threads, _node_ip_address="127.0.0.1", **options)
     try:
         if address is None:
             protect_token()
