@@ -51,7 +51,7 @@ def connect(address: str | None, workers: int, threads: int) -> Iterator[dict[st
     shut down at the end. Yields what the progress line reports: {"address", "local", "nodes"}."""
     import ray
 
-    require_token_auth()
+    require_token_auth(joining=address is not None)
     package = Path(__file__).resolve().parents[1]
     runtime_env = {
         "py_modules": [str(package)],
@@ -79,17 +79,19 @@ def connect(address: str | None, workers: int, threads: int) -> Iterator[dict[st
         ray.shutdown()
 
 
-def require_token_auth() -> None:
-    """Ray's token authentication, on: RAY_AUTH_MODE=token for this driver and the processes it
-    starts (a driver joining a cluster needs it too); `disabled` is refused, since anyone who can
-    reach an unauthenticated cluster's ports can run code on it."""
-    mode = os.environ.get("RAY_AUTH_MODE", "token").lower()
-    if mode != "token":
+def require_token_auth(*, joining: bool) -> None:
+    """Ray's token authentication, on; `RAY_AUTH_MODE=disabled` is refused, since anyone who can
+    reach an unauthenticated cluster's ports can run code on it. A local Ray left to Ray 2.60's
+    default turns it on and makes its token (~/.ray/auth_token); a driver joining a cluster must ask
+    for it (RAY_AUTH_MODE=token) and finds the token there or in RAY_AUTH_TOKEN(_PATH)."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.lower() != "token":
         raise UserError(
             f"RAY_AUTH_MODE={mode}: the grid runs Ray with token authentication only. Unset RAY_AUTH_MODE or"
             " set it to token, and give every node the cluster's token (docs/scale.md)"
         )
-    os.environ["RAY_AUTH_MODE"] = "token"
+    if joining:
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def protect_token() -> None:

@@ -47,12 +47,17 @@ def test_an_address_must_be_host_and_port():
 
 
 def test_token_authentication_cannot_be_turned_off(monkeypatch):
+    import os
+
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    with pytest.raises(UserError, match="token authentication only"):
-        cluster.require_token_auth()
+    for joining in (True, False):
+        with pytest.raises(UserError, match="token authentication only"):
+            cluster.require_token_auth(joining=joining)
     monkeypatch.delenv("RAY_AUTH_MODE")
-    cluster.require_token_auth()
-    assert __import__("os").environ["RAY_AUTH_MODE"] == "token"
+    cluster.require_token_auth(joining=False)  # a local Ray: Ray's own default turns it on, with a new token
+    assert "RAY_AUTH_MODE" not in os.environ
+    cluster.require_token_auth(joining=True)
+    assert os.environ["RAY_AUTH_MODE"] == "token"
 
 
 def test_a_run_comes_back_as_files_written_whole_and_is_finished_only_with_its_key(tmp_path):
