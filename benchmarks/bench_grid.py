@@ -39,18 +39,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers start `ray start` 
 
 MIRROR = "/usr/share/datasets/fashion-mnist"
 VARIANTS = "baseline,transposed,transposed_bias0,upsample_only"
-TUTORIAL = (
-    "data.dataset=fashion_mnist",
-    f"data.mirrors=[{MIRROR}]",
-    "data.scaling=centered",
-    "train.optimizer=sgd",
-    "train.learning_rate=0.05",
-    "train.batch_size=16",
-    "train.steps=1001",
-    "train.validation_every=100",
-    "train.initializer=tutorial",
-    "train.early_stopping_patience=null",
-)
 
 
 def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -90,11 +78,11 @@ def per_run_cost(grid: Path, wall: float, workers: int) -> dict:
     runs = records(grid)
     tasks = [json.loads(line) for line in (grid / "tasks.jsonl").read_text().splitlines()]
     tasks = [t for t in tasks if "run_id" in t]
-    seen, warm = set(), []
+    seen, warm, cold = set(), [], []
     for task in tasks:  # in the order they finished; a worker process's first task imports and traces
         key = (task["node"], task["pid"])
-        if key in seen:
-            warm.append(task["task_seconds"] - work_seconds(runs[(task["variant"], task["seed"])]))
+        cost = task["task_seconds"] - work_seconds(runs[(task["variant"], task["seed"])])
+        (warm if key in seen else cold).append(cost)
         seen.add(key)
     work = sum(work_seconds(r) for r in runs.values())
     warm.sort()
@@ -102,6 +90,7 @@ def per_run_cost(grid: Path, wall: float, workers: int) -> dict:
         "warm_tasks": len(warm),
         "median_s": statistics.median(warm) if warm else None,
         "p90_s": warm[int(0.9 * (len(warm) - 1))] if warm else None,
+        "cold_first_task_s": statistics.median(cold),
         "whole_grid_per_run_s": (wall * workers - work) / len(runs),
         "work_s": work,
         "runs": len(runs),
@@ -119,6 +108,22 @@ def extrapolate_results(seconds_per_work_second: float) -> dict:
         out[csv.stem] = {"runs": len(table), "work_s": work, "predicted_min": work * seconds_per_work_second / 60}
     out["all"] = {"predicted_min": sum(p["predicted_min"] for p in out.values())}
     return out
+
+
+def start_up() -> None:
+    """Print the seconds a local Ray takes to start (2 CPUs) and to stop, and a local MLflow front
+    over a new SQLite store to answer."""
+    from pipeline.grid import cluster, front
+
+    started = time.perf_counter()
+    with cluster.connect(None, 2, 1):
+        up = time.perf_counter() - started
+        started = time.perf_counter()
+    down = time.perf_counter() - started
+    started = time.perf_counter()
+    with front.sqlite_front(f"sqlite:///{Path('probe.db').resolve()}", Path("probe-art"), Path("probe.log")):
+        served = time.perf_counter() - started
+    print(up, down, served)
 
 
 def main() -> None:
@@ -140,10 +145,11 @@ def main() -> None:
     print(f"network: {'a namespace holding only loopback' if isolated else 'this machine (no unshare here)'}")
 
     from pipeline.grid.spec import apply_settings, parse_seeds
+    from pipeline.results import FASHION_MNIST, TUTORIAL
 
     seeds = parse_seeds(args.seeds)
     variants = args.variants.split(",")
-    settings = [*TUTORIAL, f"train.seeds=[{','.join(map(str, seeds))}]"]
+    settings = [*FASHION_MNIST, "data.scaling=centered", *TUTORIAL, f"train.seeds=[{','.join(map(str, seeds))}]"]
     folder = Path(tempfile.mkdtemp(prefix="bench-grid-"))
     environment = env(folder / "home")
     python = str(Path(sys.executable))
@@ -172,9 +178,21 @@ def main() -> None:
     cost = figures["per_run_cost"]
     print(
         f"2. per-run cost beyond the run's own work, warm workers: median {cost['median_s']:.3f} s,"
-        f" p90 {cost['p90_s']:.3f} s ({cost['warm_tasks']} tasks); whole grid incl. start-up:"
+        f" p90 {cost['p90_s']:.3f} s ({cost['warm_tasks']} tasks);"
+        f" a worker's first task: {cost['cold_first_task_s']:.1f} s; whole grid incl. start-up:"
         f" {cost['whole_grid_per_run_s']:.2f} s per run"
     )
+
+    # 5: what Ray itself costs a command: a local Ray's start and stop, and a local MLflow front's
+    probe = [python, "-c", "from benchmarks.bench_grid import start_up; start_up()"]
+    answer = subprocess.run(
+        probe, cwd=here, env={**environment, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True
+    )
+    if answer.returncode:
+        raise SystemExit(answer.stderr[-3000:])
+    up, down, served = map(float, answer.stdout.split()[-3:])
+    figures["start_up"] = {"ray_start_s": up, "ray_stop_s": down, "mlflow_front_start_s": served}
+    print(f"5. a local Ray starts in {up:.1f} s and stops in {down:.1f} s; the MLflow front starts in {served:.1f} s")
 
     # 3: two localhost nodes against one
     if not args.skip_cluster:

@@ -272,8 +272,9 @@ RESULT_COLUMNS = [
         for c in reporting.RUN_COLUMNS
         if c not in ("variant", "seed", "test_accuracy", "test_loss", "val_accuracy", "train_seconds")
     ),
+    "threads",  # train.threads; empty in CSVs made before it existed (TensorFlow's default: one per core)
 ]
-_NULLABLE_INT = ["steps", "stopped_early_at", "diverged_at_step"]
+_NULLABLE_INT = ["steps", "stopped_early_at", "diverged_at_step", "threads"]
 
 
 def per_run_table(outputs: Sequence[RunOutputs]) -> pd.DataFrame:
@@ -324,6 +325,8 @@ def collect(
 def read_results(path: Path) -> pd.DataFrame:
     """A per-run CSV as written by collect (typed: nullable integers stay integers)."""
     table = pd.read_csv(path, dtype={"variant": str, "run_id": str})
+    if "threads" not in table.columns:  # made before train.threads existed
+        table["threads"] = pd.NA
     missing = [c for c in RESULT_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{path}: no column {', '.join(missing)}; write it with `python -m pipeline.results collect`")
@@ -560,11 +563,17 @@ def fill_blocks(text: str, render: Any) -> tuple[str, list[str]]:
     return _MARKER.sub(replace, text), left
 
 
-def commands(protocol: Protocol, params: Params) -> str:
-    """The shell lines that produce a protocol's CSV."""
+def commands(protocol: Protocol, params: Params, results: pd.DataFrame | None = None) -> str:
+    """The shell lines that produce a protocol's CSV: its grid (what `make results` runs), or, for a
+    CSV whose runs record no `threads` (made before the grid, with TensorFlow's default threads),
+    the `dvc exp run` and `collect` that made it."""
     lines = [shell_line(protocol.setup)] if protocol.setup else []
-    lines.append(shell_line(grid_command(protocol, params)))
-    lines.append(f"cp {GRIDS / protocol.name / 'runs.csv'} {RESULTS_DIR / protocol.name}.csv")
+    if results is not None and results["threads"].isna().all():
+        lines.append(shell_line(experiment_command(protocol, params)))
+        lines.append(f"python -m pipeline.results collect {protocol.name}")
+    else:
+        lines.append(shell_line(grid_command(protocol, params)))
+        lines.append(f"cp {GRIDS / protocol.name / 'runs.csv'} {RESULTS_DIR / protocol.name}.csv")
     return "\n".join(lines)
 
 
@@ -591,7 +600,7 @@ def render_tables(files: Sequence[Path], results_dir: Path, params: Params) -> d
         if results is None:
             return None
         protocol = PROTOCOLS[protocol_name]
-        return protocol_block(protocol, results, part or None, commands(protocol, params))
+        return protocol_block(protocol, results, part or None, commands(protocol, params, results))
 
     left = {}
     for path in files:

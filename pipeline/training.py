@@ -478,6 +478,7 @@ def run_record(result: TrainResult, config: TrainConfig, spec: Variant, layers: 
         "trace_seconds": result.trace_seconds,
         "validation_seconds": result.validation_seconds,
         "train_images_per_second": result.images_per_second(config.batch_size),
+        "threads": config.threads,
         "trainable_params": trainable_params(layers, spec),
         "flops_per_image": flops_per_image(layers),
     }

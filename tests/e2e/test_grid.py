@@ -80,6 +80,7 @@ def test_the_grid_writes_runs_csv_and_its_mlflow_runs_carry_train_threads(same_n
         ("transposed", 1),
         ("transposed", 2),
     ]
+    assert set(table["threads"]) == {1}  # the CSV records the thread setting each run had
     assert (table["test_accuracy"] > 0.5).sum() >= 3  # the bars are learnable: most runs far above chance (0.1)
     runs = [r for r in mlflow_runs(f"sqlite:///{project / 'mlflow.db'}") if r.data.tags.get("dvc.stage") == "grid"]
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4

@@ -174,6 +174,7 @@ def test_settings_keep_remove_and_add_variants_of_params_yaml_as_it_is():
 
 
 def test_commands_are_the_setup_the_grid_and_the_copy():
+    shell_line = results.shell_line
     shipped = load_params(ROOT / "params.yaml")
     lines = results.commands(results.PROTOCOLS["digits-unit"], shipped).splitlines()
     assert lines[0] == "python scripts/mnist_digits.py --out data/mnist-digits-source"
@@ -184,6 +185,12 @@ def test_commands_are_the_setup_the_grid_and_the_copy():
     grid = results.grid_command(results.PROTOCOLS["digits-unit"], shipped)
     assert experiment[:5] == ["dvc", "exp", "run", "-n", "digits-unit"]  # the same settings, as a DVC experiment
     assert experiment[6::2] == grid[7::2] and set(experiment[5::2]) == {"-S"} and set(grid[6::2]) == {"--set"}
+    # a CSV whose runs record no threads was made before the grid: its block shows what made it
+    made = pd.DataFrame({"variant": ["baseline"], "threads": pd.array([pd.NA], dtype="Int64")})
+    before = results.commands(results.PROTOCOLS["digits-unit"], shipped, made).splitlines()
+    assert before[1] == shell_line(experiment) and before[2] == "python -m pipeline.results collect digits-unit"
+    made["threads"] = pd.array([1], dtype="Int64")
+    assert results.commands(results.PROTOCOLS["digits-unit"], shipped, made).splitlines() == lines
 
 
 # --- per-run CSVs ----------------------------------------------------------------------------------
