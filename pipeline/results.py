@@ -5,6 +5,7 @@ tables of docs/results.md and README.md regenerated from those CSVs alone.
     python -m pipeline.results run [PROTOCOL ...]        # `make results`: each protocol as a grid, then tables
     python -m pipeline.results collect PROTOCOL          # a `dvc exp run`'s runs in the workspace -> the CSV
     python -m pipeline.results tables                    # docs/results/*.csv -> the marked tables
+    python -m pipeline.results agree BEFORE.csv AFTER.csv  # a regeneration against the published CSV
 
 The protocols are defined once, in PROTOCOLS. A protocol's settings are `dvc exp run -S` values on top of
 params.yaml as committed; variants kept or added for one protocol only are settings too
@@ -454,6 +455,32 @@ def rescue_table(results: pd.DataFrame, suffix: str = "_bias0") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def agreement_table(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """Per variant, the trained share (Wilson 95%) and mean test accuracy (bootstrap 95%) of two
+    per-run tables of one protocol side by side, and whether each of `after`'s values lies inside
+    `before`'s interval (a regeneration's check: the same protocol, other threads or machine)."""
+    old = reporting.summarize(_runs(before), NUM_CLASSES).set_index("variant")
+    new = reporting.summarize(_runs(after), NUM_CLASSES).set_index("variant")
+    rows = []
+    for variant in [v for v in old.index if v in new.index]:
+        o, n = old.loc[variant], new.loc[variant]
+        rows.append(
+            {
+                "variant": variant,
+                "trained before": f"{o.trained_runs}/{o.n_seeds} [{100 * o.trained_share_ci_low:.0f}, "
+                f"{100 * o.trained_share_ci_high:.0f}]",
+                "trained after": f"{n.trained_runs}/{n.n_seeds}",
+                "share inside": bool(o.trained_share_ci_low <= n.trained_share <= o.trained_share_ci_high),
+                "mean % before": f"{100 * o.test_accuracy_mean:.2f} [{100 * o.test_accuracy_ci_low:.2f}, "
+                f"{100 * o.test_accuracy_ci_high:.2f}]",
+                "mean % after": f"{100 * n.test_accuracy_mean:.2f} [{100 * n.test_accuracy_ci_low:.2f}, "
+                f"{100 * n.test_accuracy_ci_high:.2f}]",
+                "mean inside": bool(o.test_accuracy_ci_low <= n.test_accuracy_mean <= o.test_accuracy_ci_high),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def _markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, disable_numparse=True)
 
@@ -653,11 +680,17 @@ def main(argv: list[str] | None = None) -> None:
     for name, text in (("commands", "print each protocol's commands"), ("run", "run, collect, then tables")):
         sub.add_parser(name, help=text).add_argument("protocols", nargs="*", help="default: all")
     sub.add_parser("collect", help="the workspace's runs -> CSV").add_argument("protocol", choices=list(PROTOCOLS))
+    agree = sub.add_parser("agree", help="two CSVs of one protocol side by side: does the second agree?")
+    agree.add_argument("before", type=Path)
+    agree.add_argument("after", type=Path)
     tables = sub.add_parser("tables", help="the CSVs -> the marked tables")
     tables.add_argument("files", nargs="*", type=Path, default=list(TABLE_FILES))
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    if args.command == "agree":
+        print(_markdown(agreement_table(read_results(args.before), read_results(args.after))))
+        return
     if args.command == "commands":
         for protocol in _protocols(args.protocols):
             print(f"# {protocol.name}: {protocol.title}\n{commands(protocol, params)}\n")

@@ -448,3 +448,18 @@ def test_stopping_block_reads_the_epoch_and_cap_from_the_protocol():
     assert "reached the cap (15 epochs)" in block and "0/1" in block and "2 [2, 2]" in block
     with pytest.raises(DataError, match="sets no train.validation_every"):
         results.protocol_block(results.Protocol("bare", "no settings", ()), table, "stopping", "")
+
+
+def test_agreement_puts_a_regeneration_beside_the_published_runs_and_checks_its_intervals(collected):
+    table, _ = collected
+    same = results.agreement_table(table, table)
+    assert list(same["variant"]) == ["baseline", "transposed", "upsample_only"]
+    assert same["share inside"].all() and same["mean inside"].all()
+    assert same.set_index("variant").loc["transposed", "trained before"].startswith("2/4 [")
+    shifted = table.copy()
+    shifted.loc[shifted["variant"] == "baseline", "test_accuracy"] += 0.05  # mean 81.5 -> 86.5, outside
+    shifted.loc[shifted["variant"] == "transposed", "test_accuracy"] = 0.10  # 0/4 trained
+    moved = results.agreement_table(table, shifted).set_index("variant")
+    assert not moved.loc["baseline", "mean inside"] and moved.loc["baseline", "share inside"]
+    assert moved.loc["transposed", "trained after"] == "0/4" and not moved.loc["transposed", "share inside"]
+    assert moved.loc["upsample_only", "mean inside"]
