@@ -91,6 +91,8 @@ def per_run_cost(grid: Path, wall: float, workers: int) -> dict:
         "median_s": statistics.median(warm) if warm else None,
         "p90_s": warm[int(0.9 * (len(warm) - 1))] if warm else None,
         "cold_first_task_s": statistics.median(cold),
+        "driver_write_s": statistics.median(t["write_seconds"] for t in tasks),
+        "bytes_per_run": statistics.median(t["bytes"] for t in tasks),
         "whole_grid_per_run_s": (wall * workers - work) / len(runs),
         "work_s": work,
         "runs": len(runs),
@@ -180,7 +182,8 @@ def main() -> None:
         f"2. per-run cost beyond the run's own work, warm workers: median {cost['median_s']:.3f} s,"
         f" p90 {cost['p90_s']:.3f} s ({cost['warm_tasks']} tasks);"
         f" a worker's first task: {cost['cold_first_task_s']:.1f} s; whole grid incl. start-up:"
-        f" {cost['whole_grid_per_run_s']:.2f} s per run"
+        f" {cost['whole_grid_per_run_s']:.2f} s per run; the driver writes a run's files"
+        f" ({cost['bytes_per_run'] / 1e6:.1f} MB median) in {1000 * cost['driver_write_s']:.1f} ms"
     )
 
     # 5: what Ray itself costs a command: a local Ray's start and stop, and a local MLflow front's

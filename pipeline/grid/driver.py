@@ -230,9 +230,10 @@ def _schedule(
                             tally.failed[run] = f"its worker died {attempts[run]} times ({type(exc).__name__})"
                         _log_task(out, run, attempts[run], error=type(exc).__name__)
                     else:
+                        writing = time.perf_counter()
                         write_files(out, *run, result.files)
                         tally.done += 1
-                        _log_task(out, run, attempts[run], result=result)
+                        _log_task(out, run, attempts[run], result=result, write=time.perf_counter() - writing)
                 _show(bar, tally, len(inflight), capacity, where)
     except KeyboardInterrupt:
         left = ledger.fail_running(experiment_id, grid, [keys[run] for run in inflight.values()])
@@ -261,11 +262,16 @@ def _check_nodes() -> None:
     cluster.check_versions(worker.versions(), found)
 
 
-def _log_task(out: Path, run: tuple[str, int], attempt: int, *, result: Any = None, error: str | None = None) -> None:
+def _log_task(
+    out: Path, run: tuple[str, int], attempt: int, *, result: Any = None, error: str | None = None, write: float = 0.0
+) -> None:
+    """A line of tasks.jsonl: the attempt, where it ran, its task's seconds and the driver's seconds
+    to write its files (with their size), or why it failed."""
     line = {"variant": run[0], "seed": run[1], "attempt": attempt}
     if result is not None:
         line |= {"node": result.node, "pid": result.pid, "task_seconds": round(result.task_seconds, 4)}
-        line |= {"run_id": result.record.get("run_id")}
+        size = sum(len(content) for content in result.files.values())
+        line |= {"write_seconds": round(write, 4), "bytes": size, "run_id": result.record.get("run_id")}
     if error is not None:
         line["error"] = error
     with open(out / TASKS_LOG, "a") as log:
