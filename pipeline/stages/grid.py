@@ -41,9 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     params = apply_settings(args.params, args.set)
     variants = select_variants(params, args.variants, str(args.params))
     seeds = parse_seeds(args.seeds) if args.seeds else list(params.train.seeds)
-    table = run_grid(
-        params, variants, seeds, args.out, workers=args.workers, address=args.address, progress=not args.no_progress
-    )
+    try:
+        table = run_grid(
+            params, variants, seeds, args.out, workers=args.workers, address=args.address, progress=not args.no_progress
+        )
+    except KeyboardInterrupt:  # before any run started (while fetching or preparing): nothing to keep
+        print("interrupted before the grid's runs started; run the same command again", file=sys.stderr)
+        raise SystemExit(130) from None
     sys.stdout.write(tables(table, variants))
 
 
