@@ -155,7 +155,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-grid-"))
     environment = env(folder / "home")
     python = str(Path(sys.executable))
-    grid_args = ["--variants", args.variants, "--no-progress", *(x for s in settings for x in ("--set", s))]
+    grid_settings = [*settings, "train.threads=1"]
+    grid_args = ["--variants", args.variants, "--no-progress", *(x for s in grid_settings for x in ("--set", s))]
     figures: dict = {"variants": variants, "seeds": seeds, "network_namespace": isolated}
 
     # 1 and 2: serial (train stage, 2 threads) against the local grid (2 workers x 1 thread)

@@ -238,13 +238,15 @@ def experiment_command(protocol: Protocol, params: Params) -> list[str]:
 
 
 GRIDS = Path("grids")  # each protocol's grid folder: grids/<protocol>/ (runs.csv, per-run files)
+# a protocol's grid runs one single-thread run per core: more runs at once beat more threads per run
+GRID_SETTINGS = ("train.threads=1",)
 
 
 def grid_command(protocol: Protocol, params: Params) -> list[str]:
     """`python -m pipeline grid --out grids/NAME --set ...` for the protocol: every variant x seed
     of its params, on every core here (or on the cluster in RAY_ADDRESS)."""
     command = ["python", "-m", "pipeline", "grid", "--out", str(GRIDS / protocol.name)]
-    for setting in experiment_settings(protocol, params):
+    for setting in [*experiment_settings(protocol, params), *GRID_SETTINGS]:
         command += ["--set", setting]
     return command
 
@@ -651,7 +653,7 @@ def run_protocol(protocol: Protocol, params_path: Path = Path("params.yaml"), re
     params = load_params(params_path)
     if protocol.setup:
         subprocess.run([sys.executable, *protocol.setup[1:]], check=True)
-    grid_params = apply_settings(params_path, experiment_settings(protocol, params))
+    grid_params = apply_settings(params_path, [*experiment_settings(protocol, params), *GRID_SETTINGS])
     table = run_grid(grid_params, list(grid_params.variants), grid_params.train.seeds, GRIDS / protocol.name)
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{protocol.name}.csv"

@@ -61,7 +61,7 @@ def make_project(path: Path, *, steps: int = 41, variants: Sequence[str] = ("bas
         sha256={name: file_sha256(mirror / name) for name in IDX_FILES.values()},
         validation_size=100,
     )
-    params["train"].update(steps=steps, validation_every=20, seeds=[1, 2], initializer="keras")
+    params["train"].update(steps=steps, validation_every=20, seeds=[1, 2], initializer="keras", threads=1)
     params["evaluate"]["batch_size"] = 50
     params["variants"] = {name: params["variants"][name] for name in variants}
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

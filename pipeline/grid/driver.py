@@ -202,7 +202,7 @@ def _schedule(
     bar = _bar(tally, progress)
     try:
         with cluster.connect(address, workers, threads) as where:
-            _check_nodes()
+            _check_nodes(threads)
             task = ray.remote(num_cpus=threads, max_retries=0)(worker.run_task)
             shared = dict(
                 grid=grid,
@@ -257,13 +257,21 @@ def _schedule(
         bar.close()
 
 
-def _check_nodes() -> None:
-    """The versions check on every alive node, one small task pinned to each."""
+def _check_nodes(threads: int) -> None:
+    """Every alive node: one with train.threads CPUs exists, and the versions check, one small task
+    pinned to each."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     probe = ray.remote(num_cpus=0)(worker.versions)
-    nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    largest = max(node.get("Resources", {}).get("CPU", 0) for node in alive)
+    if largest < threads:  # Ray would wait for such a node for ever
+        raise UserError(
+            f"train.threads is {threads}, but the largest node has {largest:g} CPUs: each run asks for"
+            " train.threads CPUs on one node; --set train.threads=1, or nodes with more CPUs"
+        )
+    nodes = [node["NodeID"] for node in alive]
     pinned = [NodeAffinitySchedulingStrategy(node, soft=False) for node in nodes]
     found = ray.get([probe.options(scheduling_strategy=where).remote() for where in pinned], timeout=120)
     cluster.check_versions(worker.versions(), found)

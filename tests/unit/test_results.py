@@ -184,7 +184,8 @@ def test_commands_are_the_setup_the_grid_and_the_copy():
     experiment = results.experiment_command(results.PROTOCOLS["digits-unit"], shipped)
     grid = results.grid_command(results.PROTOCOLS["digits-unit"], shipped)
     assert experiment[:5] == ["dvc", "exp", "run", "-n", "digits-unit"]  # the same settings, as a DVC experiment
-    assert experiment[6::2] == grid[7::2] and set(experiment[5::2]) == {"-S"} and set(grid[6::2]) == {"--set"}
+    assert [*experiment[6::2], "train.threads=1"] == grid[7::2]  # the same settings, and one thread per run
+    assert set(experiment[5::2]) == {"-S"} and set(grid[6::2]) == {"--set"}
     # a CSV whose runs record no threads was made before the grid: its block shows what made it
     made = pd.DataFrame({"variant": ["baseline"], "threads": pd.array([pd.NA], dtype="Int64")})
     before = results.commands(results.PROTOCOLS["digits-unit"], shipped, made).splitlines()
@@ -382,7 +383,7 @@ def test_run_gives_the_grid_the_protocols_settings_and_leaves_params_yaml_alone(
     path = results.run_protocol(protocol, params_path, tmp_path / "docs" / "results")
     assert params_path.read_text() == original
     ((params, variants, seeds, out),) = calls
-    assert (params.train.steps, params.data.scaling) == (1001, "unit")
+    assert (params.train.steps, params.data.scaling, params.train.threads) == (1001, "unit", 1)
     assert variants == list(params_dict()["variants"]) and seeds == [1, 2, 3, 4]
     assert out == results.GRIDS / "tutorial-centered"
     assert len(results.read_results(path)) == 12
