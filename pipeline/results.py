@@ -239,7 +239,7 @@ def experiment_command(protocol: Protocol, params: Params) -> list[str]:
 
 GRIDS = Path("grids")  # each protocol's grid folder: grids/<protocol>/ (runs.csv, per-run files)
 # a protocol's grid runs one single-thread run per core: more runs at once beat more threads per run
-GRID_SETTINGS = ("train.threads=1",)
+GRID_SETTINGS = ("++train.threads=1",)  # ++: set, or add to a params.yaml without the key
 
 
 def grid_command(protocol: Protocol, params: Params) -> list[str]:

@@ -184,7 +184,7 @@ def test_commands_are_the_setup_the_grid_and_the_copy():
     experiment = results.experiment_command(results.PROTOCOLS["digits-unit"], shipped)
     grid = results.grid_command(results.PROTOCOLS["digits-unit"], shipped)
     assert experiment[:5] == ["dvc", "exp", "run", "-n", "digits-unit"]  # the same settings, as a DVC experiment
-    assert [*experiment[6::2], "train.threads=1"] == grid[7::2]  # the same settings, and one thread per run
+    assert [*experiment[6::2], "++train.threads=1"] == grid[7::2]  # the same settings, and one thread per run
     assert set(experiment[5::2]) == {"-S"} and set(grid[6::2]) == {"--set"}
     # a CSV whose runs record no threads was made before the grid: its block shows what made it
     made = pd.DataFrame({"variant": ["baseline"], "threads": pd.array([pd.NA], dtype="Int64")})
