@@ -87,7 +87,10 @@ def set_threads(threads: int) -> None:
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # TensorFlow's context already runs with other pools
+    except RuntimeError:  # TensorFlow's context already runs: its pools are what they are
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if (intra or cores, inter or cores) == (threads, threads):  # 0: TensorFlow's default, one per core
+            return
         raise UserError(
             f"train.threads is {threads}, but this process already runs TensorFlow with {intra} intra-op and"
             f" {inter} inter-op threads: start a new process for runs with another train.threads"

@@ -111,7 +111,7 @@ def test_the_launcher_names_its_stages_on_a_wrong_one(tmp_path: Path):
     command = [sys.executable, "-m", "pipeline", "trian"]
     result = run(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=TIMEOUT)
     assert result.returncode == 2
-    assert result.stderr.strip() == "usage: python -m pipeline {fetch,prepare,train,compare,predict} [arguments]"
+    assert result.stderr.strip() == "usage: python -m pipeline {fetch,prepare,train,compare,predict,grid} [arguments]"
 
 
 def test_the_launcher_runs_the_stage_module_with_its_arguments(tmp_path: Path):

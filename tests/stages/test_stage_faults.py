@@ -4,6 +4,7 @@ that is down, secrets."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -84,6 +85,11 @@ def runs(project: Path):
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     experiment = mlflow.get_experiment_by_name("deconvolution")
     return mlflow.search_runs([experiment.experiment_id], output_format="list")
+
+
+def _cores() -> int:
+    """TensorFlow's default thread count here: the stages called in-process meet its pools as set."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def edit_params(project: Path, **train: object) -> None:
@@ -197,6 +203,7 @@ def test_credentials_in_the_environment_are_never_logged(project: Path):
 
 
 def test_an_mlflow_failure_during_training_keeps_the_model_and_its_metrics(project: Path, monkeypatch):
+    edit_params(project, threads=_cores())  # in this process TensorFlow may already run, one thread per core
     from pipeline import tracking
     from pipeline.errors import TrackingError
     from pipeline.stages import train as train_stage
@@ -220,6 +227,7 @@ def test_an_mlflow_failure_during_training_keeps_the_model_and_its_metrics(proje
 
 
 def test_a_flaky_tracking_store_loses_no_steps(project: Path, monkeypatch):
+    edit_params(project, threads=_cores())  # in this process TensorFlow may already run, one thread per core
     import mlflow
 
     from pipeline import tracking
