@@ -49,13 +49,18 @@ def json_safe(data: Any) -> Any:
     return data
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename); NaN becomes null."""
+def write_atomic(path: Path, content: bytes) -> None:
+    """Write a file atomically (temp file + rename): it appears whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+    tmp.write_bytes(content)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename); NaN becomes null."""
+    write_atomic(path, (json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n").encode())
 
 
 def read_json(path: Path) -> Any:

@@ -1,7 +1,7 @@
 """The published results: the protocols that make them, one CSV of per-run numbers per protocol, and the
 tables of docs/results.md and README.md regenerated from those CSVs alone.
 
-    python -m pipeline.results commands [PROTOCOL ...]   # each protocol's setup and `dvc exp run` command
+    python -m pipeline.results commands [PROTOCOL ...]   # each protocol's setup and grid command
     python -m pipeline.results run [PROTOCOL ...]        # `make results`: each protocol as a grid, then tables
     python -m pipeline.results collect PROTOCOL          # a `dvc exp run`'s runs in the workspace -> the CSV
     python -m pipeline.results tables                    # docs/results/*.csv -> the marked tables
@@ -230,7 +230,7 @@ def experiment_settings(protocol: Protocol, params: Params) -> list[str]:
 
 def experiment_command(protocol: Protocol, params: Params) -> list[str]:
     """`dvc exp run -n NAME -S ...` for the protocol: the same runs as a named DVC experiment in the
-    workspace, one stage per variant (the published CSVs come from `grid_command`)."""
+    workspace, one stage per variant: what made the CSVs that record no `threads`."""
     command = ["dvc", "exp", "run", "-n", protocol.name]
     for setting in experiment_settings(protocol, params):
         command += ["-S", setting]

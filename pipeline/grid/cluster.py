@@ -48,7 +48,7 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
 @contextmanager
 def connect(address: str | None, workers: int, threads: int) -> Iterator[dict[str, Any]]:
     """Ray for the grid: joined at `address`, or started here with `workers` x `threads` CPUs and
-    shut down at the end. Yields what the progress line reports: {"address", "local", "nodes"}."""
+    shut down at the end. Yields what the progress line reports: {"nodes": the nodes alive now}."""
     import ray
 
     require_token_auth(joining=address is not None)
@@ -74,7 +74,7 @@ def connect(address: str | None, workers: int, threads: int) -> Iterator[dict[st
     try:
         if address is None:
             protect_token()
-        yield {"address": address or "local", "local": address is None, "nodes": len(ray.nodes())}
+        yield {"nodes": len(ray.nodes())}
     finally:
         ray.shutdown()
 

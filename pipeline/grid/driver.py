@@ -66,10 +66,7 @@ def write_files(out: Path, variant: str, seed: int, files: dict[str, bytes]) -> 
     for final in roots(out).of(variant, seed):
         prefix = final.relative_to(out).as_posix()
         if prefix in files:  # a file: metrics/<variant>/seed-<n>.json
-            final.parent.mkdir(parents=True, exist_ok=True)
-            partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
-            partial.write_bytes(files[prefix])
-            os.replace(partial, final)
+            artifacts.write_atomic(final, files[prefix])
             continue
         with artifacts.atomic_dir(final) as scratch:
             for name, content in files.items():
@@ -81,23 +78,16 @@ def write_files(out: Path, variant: str, seed: int, files: dict[str, bytes]) -> 
 
 def runs_table(out: Path, tasks: Sequence[tuple[str, int]]) -> pd.DataFrame:
     """The per-run table (the columns of docs/results/*.csv) of the tasks finished under `out`."""
-    from pipeline.artifacts import read_run_outputs
     from pipeline.results import per_run_table
 
     where = roots(out)
     return per_run_table(
         [
-            read_run_outputs(variant, seed, where.models, where.metrics, where.plots)
+            artifacts.read_run_outputs(variant, seed, where.models, where.metrics, where.plots)
             for variant, seed in tasks
             if where.of(variant, seed)[2].is_file()
         ]
     )
-
-
-def write_csv(table: pd.DataFrame, path: Path) -> None:
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    table.to_csv(partial, index=False)
-    os.replace(partial, path)
 
 
 def tables(table: pd.DataFrame, variants: Sequence[str]) -> str:
@@ -162,7 +152,7 @@ def run_grid(
             mlflow.set_tracking_uri(worker_uri)  # the driver too writes through the server from now on
             _schedule(params, data, todo, keys, out, grid, worker_uri, experiment_id, tally, workers, address, progress)
     table = runs_table(out, tasks)
-    write_csv(table, out / RUNS_CSV)
+    artifacts.write_atomic(out / RUNS_CSV, table.to_csv(index=False).encode())
     _summary(tally, out)
     if tally.failed:
         lines = "\n".join(f"  {variant}/seed-{seed}: {why}" for (variant, seed), why in tally.failed.items())

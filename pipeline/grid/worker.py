@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ class TaskResult:
     node: str
     pid: int
     task_seconds: float
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def versions() -> dict[str, str]:
@@ -67,7 +66,6 @@ def _get_runner(grid: str, params_json: str, data: Any, tracking_uri: str, exper
     if _runner is not None and _runner[0] == (grid, params_json):
         return _runner[1]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     from pipeline import training
     from pipeline.config import Params
     from pipeline.runner import Runner
@@ -78,7 +76,7 @@ def _get_runner(grid: str, params_json: str, data: Any, tracking_uri: str, exper
     training.set_threads(params.train.threads)
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)  # also MLFLOW_TRACKING_URI, for whatever reads it later
     mark_stage_start()
     runner = Runner(params, data, experiment_id)
     _runner = ((grid, params_json), runner)
