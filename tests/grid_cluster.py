@@ -23,9 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 from model_store import learnable_images
-from support import BIN, ROOT, clean_env, free_port, wait_for_server
-
-from pipeline.datasets import IDX_FILES, file_sha256, write_idx
+from support import BIN, ROOT, clean_env, free_port, wait_for_server, write_idx_mirror
 
 
 def netns_available() -> bool:
@@ -49,17 +47,11 @@ def make_project(path: Path, *, steps: int = 41, variants: Sequence[str] = ("bas
     path.mkdir(parents=True)
     shutil.copytree(ROOT / "pipeline", path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     mirror = path / "mirror"
-    mirror.mkdir()
     rng = np.random.default_rng(0)
     arrays = (*learnable_images(600, rng), *learnable_images(200, rng))
-    for key, array in zip(IDX_FILES, arrays, strict=True):
-        write_idx(mirror / IDX_FILES[key], array)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(
-        dataset="tiny",
-        mirrors=[str(mirror)],
-        sha256={name: file_sha256(mirror / name) for name in IDX_FILES.values()},
-        validation_size=100,
+        dataset="tiny", mirrors=[str(mirror)], sha256=write_idx_mirror(mirror, arrays), validation_size=100
     )
     params["train"].update(steps=steps, validation_every=20, seeds=[1, 2], initializer="keras", threads=1)
     params["evaluate"]["batch_size"] = 50

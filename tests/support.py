@@ -268,6 +268,17 @@ def write_prepared(directory: Path, n: int = 400, *, dataset: str = "tiny", seed
     prepared.save(Path(directory), data)
 
 
+def write_idx_mirror(mirror: Path, arrays: Sequence[Any]) -> dict[str, str]:
+    """A local mirror for data.mirrors: the four IDX files of `arrays` (train images, train labels,
+    test images, test labels) in `mirror`; returns their data.sha256 pins {file name: SHA-256}."""
+    from pipeline.datasets import IDX_FILES, file_sha256, write_idx
+
+    mirror.mkdir(parents=True, exist_ok=True)
+    for key, array in zip(IDX_FILES, arrays, strict=True):
+        write_idx(mirror / IDX_FILES[key], array)
+    return {name: file_sha256(mirror / name) for name in IDX_FILES.values()}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket

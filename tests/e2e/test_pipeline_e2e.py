@@ -15,9 +15,7 @@ import pandas as pd
 import pytest
 import support
 import yaml
-from support import ROOT, Lines, clean_env, commit_all, dvc_init, git_init, kill_group
-
-from pipeline.datasets import IDX_FILES, file_sha256, write_idx
+from support import ROOT, Lines, clean_env, commit_all, dvc_init, git_init, kill_group, write_idx_mirror
 
 pytestmark = pytest.mark.slow
 
@@ -54,15 +52,9 @@ def make_repo(path: Path) -> dict:
     for cache in path.joinpath("pipeline").rglob("__pycache__"):
         shutil.rmtree(cache, ignore_errors=True)
     raw = path.parent / "mirror"
-    raw.mkdir()
-    for key, array in zip(IDX_FILES, tiny_dataset(), strict=True):
-        write_idx(raw / IDX_FILES[key], array)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(
-        dataset="tiny",
-        mirrors=[str(raw)],
-        sha256={name: file_sha256(raw / name) for name in IDX_FILES.values()},
-        validation_size=100,
+        dataset="tiny", mirrors=[str(raw)], sha256=write_idx_mirror(raw, tiny_dataset()), validation_size=100
     )
     # Keras' initializer: every seed of both variants reaches test accuracy 1.0 within the 41 steps on
     # this data (with the tutorial's, transposed/seed-2 is still at chance then)
