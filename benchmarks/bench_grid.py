@@ -147,7 +147,7 @@ def main() -> None:
     print(f"network: {'a namespace holding only loopback' if isolated else 'this machine (no unshare here)'}")
 
     from pipeline.grid.spec import apply_settings, parse_seeds
-    from pipeline.results import FASHION_MNIST, TUTORIAL
+    from pipeline.protocols import FASHION_MNIST, TUTORIAL
 
     seeds = parse_seeds(args.seeds)
     variants = args.variants.split(",")

@@ -208,7 +208,7 @@ def summarize(
     confidence: float = 0.95,
 ) -> pd.DataFrame:
     """One row per variant (in the order of ``runs``), with statistics that fit bimodal outcomes
-    (a run trains or it dies): reliability and accuracy apart, and a paired comparison with
+    (a run trains, stalls or dies): reliability and accuracy apart, and a paired comparison with
     ``baseline`` over the seeds both have. See pipeline.statistics for each method.
 
     ``significant`` means the Holm-adjusted sign-flip p-value (over every variant compared with the
@@ -328,7 +328,7 @@ def _thousands(value) -> str:
     return _NA if _isnan(value) else f"{round(float(value)):,}"
 
 
-def _diff_cell(mean: float, low: float, high: float, verdict: str) -> str:
+def diff_cell(mean: float, low: float, high: float, verdict: str) -> str:
     if verdict == "reference":
         return "reference"
     if _isnan(mean):
@@ -389,7 +389,7 @@ def summary_table_markdown(summary: pd.DataFrame) -> str:
                 )
             ],
             f"vs {baseline}, pp [{ci}]": [
-                _diff_cell(mu, lo, hi, verdict)
+                diff_cell(mu, lo, hi, verdict)
                 for mu, lo, hi, verdict in zip(
                     col("diff_vs_baseline_mean"), col("diff_ci_low"), col("diff_ci_high"), col("verdict"), strict=True
                 )
@@ -400,7 +400,7 @@ def summary_table_markdown(summary: pd.DataFrame) -> str:
                 if verdict == "reference"
                 else _NA
                 if _isnan(mu)
-                else f"{_diff_cell(mu, lo, hi, verdict)} ({int(n)})"
+                else f"{diff_cell(mu, lo, hi, verdict)} ({int(n)})"
                 for mu, lo, hi, n, verdict in zip(
                     col("trained_diff_mean"),
                     col("trained_diff_ci_low"),
@@ -466,7 +466,7 @@ def _lead_line(row: Mapping[str, Any], baseline: str, base_row: Mapping[str, Any
     if not _isnan(both) and row["trained_pairs"] != row["n_paired_seeds"]:
         p = row["trained_p_value_adjusted"]
         parts.append(
-            f"when both trained {_diff_cell(both, row['trained_diff_ci_low'], row['trained_diff_ci_high'], '')} pp"
+            f"when both trained {diff_cell(both, row['trained_diff_ci_low'], row['trained_diff_ci_high'], '')} pp"
             f" over {int(row['trained_pairs'])} pairs ({'Holm ' + _format_p(p) if not _isnan(p) else 'untested'})"
         )
     if not _isnan(everything):
@@ -474,7 +474,7 @@ def _lead_line(row: Mapping[str, Any], baseline: str, base_row: Mapping[str, Any
         tested = f"Holm {_format_p(p)}: {_established(p, alpha)}" if not _isnan(p) else "untested"
         parts.append(
             f"over all {int(row['n_paired_seeds'])} paired runs"
-            f" {_diff_cell(everything, row['diff_ci_low'], row['diff_ci_high'], '')} pp ({tested})"
+            f" {diff_cell(everything, row['diff_ci_low'], row['diff_ci_high'], '')} pp ({tested})"
             + (
                 ", a mean that mixes runs that died with runs that trained"
                 if row["trained_pairs"] != row["n_paired_seeds"]
@@ -587,7 +587,7 @@ def run_curves(
 
 
 def collapsed_run(record: dict, num_classes: int) -> bool:
-    """A run that did not train (statistics.trained: below 1.5x chance) or whose loss diverged."""
+    """A run that did not train (statistics.trained: it died or stalled) or whose loss diverged."""
     if record.get("diverged_at_step") is not None:
         return True
     return not bool(statistics.trained([record["test_accuracy"]], num_classes)[0])
@@ -672,16 +672,19 @@ class Report:
     figures: dict[str, Figure] = field(default_factory=dict)
 
 
-def _collapsed_list(records: list[dict], num_classes: int) -> str:
+def collapsed_list(records: list[dict], num_classes: int) -> str:
     collapsed = [r for r in records if collapsed_run(r, num_classes)]
     if not collapsed:
         return ""
+    died, trained = statistics.DIED_MARGIN / num_classes, statistics.trained_from(num_classes)
     lines = [
-        f"\nRuns that did not train (test accuracy below {statistics.TRAINED_MARGIN / num_classes:.0%}: the"
-        " network predicts one class) or whose loss diverged; kept in the statistics above:\n"
+        f"\nRuns that did not train, kept in the statistics above: *died* (test accuracy below {died:.0%}: the"
+        f" network predicts one class), *stalled* (from {died:.0%} to below {trained:.0%}), or whose loss"
+        " diverged:\n"
     ]
     for r in collapsed:
-        line = f"- {run_name(r['variant'], r['seed'])}: {r['test_accuracy']:.2%}"
+        outcome = statistics.outcomes([r["test_accuracy"]], num_classes)[0]
+        line = f"- {run_name(r['variant'], r['seed'])}: {r['test_accuracy']:.2%}, {outcome}"
         if r.get("diverged_at_step") is not None:
             line += f", loss became NaN/inf at step {r['diverged_at_step']}"
         lines.append(line)
@@ -762,7 +765,7 @@ def build_report(
         markdown=summary_markdown(
             summary, title=f"{data.dataset}, {len(params.train.seeds)} seeds, {params.train.steps} steps"
         )
-        + _collapsed_list(records, data.num_classes),
+        + collapsed_list(records, data.num_classes),
         metrics=_summary_metrics(summary),
         curves={"val_accuracy": curve_table(val_curves, "val_accuracy"), "loss": curve_table(loss_curves, "loss")},
     )

@@ -4,6 +4,7 @@ tables of docs/results.md and README.md regenerated from those CSVs alone.
     python -m pipeline.results commands [PROTOCOL ...]   # each protocol's setup and grid command
     python -m pipeline.results run [PROTOCOL ...]        # `make results`: each protocol as a grid, then tables
     python -m pipeline.results collect PROTOCOL          # a `dvc exp run`'s runs in the workspace -> the CSV
+    python -m pipeline.results add PROTOCOL RUNS.csv     # a grid's runs added to the protocol's CSV
     python -m pipeline.results tables                    # docs/results/*.csv -> the marked tables
     python -m pipeline.results agree BEFORE.csv AFTER.csv  # a regeneration against the published CSV
 
@@ -15,6 +16,7 @@ Tables go between marker comments, so the prose around them stays: `<!-- results
 `<!-- results:NAME:end -->`, where NAME is one of
 - `PROTOCOL`: everything below for that protocol, in order;
 - `PROTOCOL:command`: the commands that produced its CSV;
+- `PROTOCOL:family`: its Holm family (protocols.Protocol.family), the comparisons its verdict cites;
 - `PROTOCOL:vs-VARIANT`: the summary table against VARIANT (reporting.summary_table_markdown);
 - `PROTOCOL:dead-runs`: the runs that did not train;
 - `PROTOCOL:step0`: the loss at step 0 of the runs that trained and of those that died, and where runs stopped;
@@ -22,25 +24,40 @@ Tables go between marker comments, so the prose around them stays: `<!-- results
   runs that trained with Fisher's exact p, and pooled;
 - `PROTOCOL:stopping` (not in `PROTOCOL`'s list): in epochs, when each variant's runs stopped, early or
   at the cap (for protocols with early stopping);
-- `summary`: the README's short table, one row per protocol.
+- `summary`: the README's short table, one row per protocol;
+- `scaling:DATASET`: the pixel-scaling family of a dataset of protocols.SCALING;
+- `families`: every family, stated (docs/protocol.md).
 """
 
 from __future__ import annotations
 
 import math
 import re
-import shlex
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline import reporting, statistics
 from pipeline.errors import DataError
+from pipeline.protocols import (
+    GRID_SETTINGS,
+    GRIDS,
+    MORE_SEEDS,
+    PROTOCOLS,
+    SCALING,
+    Protocol,
+    experiment_command,
+    experiment_settings,
+    grid_command,
+    more_seeds_command,
+    more_seeds_out,
+    shell_line,
+)
 
 if TYPE_CHECKING:
     from pipeline.artifacts import RunOutputs
@@ -48,212 +65,7 @@ if TYPE_CHECKING:
 
 NUM_CLASSES = 10  # every dataset of the protocols has 10 classes; collect checks it
 RESULTS_DIR = Path("docs/results")
-TABLE_FILES = (Path("docs/results.md"), Path("README.md"))
-
-# --- the protocols ---------------------------------------------------------------------------------
-
-SEEDS = "train.seeds=[1,2,3,4,5,6,7,8,9,10]"
-FASHION_MNIST = ("data.dataset=fashion_mnist", "data.mirrors=[/usr/share/datasets/fashion-mnist]")
-# scripts/mnist_digits.py with its defaults (seed 0) writes these four files, byte for byte
-DIGITS_SHA256 = {
-    "train-images-idx3-ubyte.gz": "cd3bdce608aa2355015672e8684c798e67b58458810e89c3ddc92f53ca4e180a",
-    "train-labels-idx1-ubyte.gz": "55fde0c5cfa88cb294b276cd315d30d8cd8fd8a52fde39a9d1bbedba88050f20",
-    "t10k-images-idx3-ubyte.gz": "e33cd041f9b4f4129296d0965e9045333be92603160a908c814d10716cebb91d",
-    "t10k-labels-idx1-ubyte.gz": "a2314c7e910f1ad8eb7577d2fbab18ec7077a881b55c860affab49a18cbb04c9",
-}
-MNIST_DIGITS = (
-    "data.dataset=mnist_t10k_split",
-    "data.mirrors=[data/mnist-digits-source]",
-    "++data.sha256={" + ", ".join(f"{name}: {digest}" for name, digest in DIGITS_SHA256.items()) + "}",
-    "data.validation_size=1000",
-)
-DIGITS_SETUP = ("python", "scripts/mnist_digits.py", "--out", "data/mnist-digits-source")
-# the tutorial's training, spelled out so that a change of params.yaml's defaults cannot change a protocol
-TUTORIAL = (
-    "train.optimizer=sgd",
-    "train.learning_rate=0.05",
-    "train.batch_size=16",
-    "train.steps=1001",
-    "train.validation_every=100",
-    "train.initializer=tutorial",
-    "train.early_stopping_patience=null",
-)
-CONVERGE = (
-    "train.optimizer=adam",
-    "train.learning_rate=0.001",
-    "train.batch_size=64",
-    # up to 15 epochs of the 55,000 training images at batch 64 (860 steps each); 8, the earlier cap,
-    # stopped baseline while its validation accuracy still rose (0.9024 -> 0.9054 in its last epoch)
-    "train.steps=12900",
-    "train.validation_every=860",
-    "train.early_stopping_patience=2",
-    "train.initializer=keras",
-)
-DIGITS_VARIANTS = ("baseline", "transposed", "transposed_bias0", "upsample_only", "baseline_wide", "resize_conv")
-# the bias-1.0 hypothesis tried on every variant that dies: as transposed_bias0 does for transposed,
-# bias_init 0.0 on every convolution after the first (the tutorial's 1.0 stays on the dense layers)
-RESCUES: dict[str, tuple[str, Mapping[int, Mapping[str, Any]]]] = {
-    f"{base}_bias0": (base, {n: {"bias_init": 0.0} for n in layers})
-    for base, layers in (
-        ("transposed_deep", (2, 3, 4)),
-        ("transposed_k4", (2,)),
-        ("resize_conv", (3,)),
-        ("transposed_regularized", (2,)),
-        ("baseline_wide", (2,)),
-    )
-}
-DIGITS_RESCUES = {name: RESCUES[name] for name in ("resize_conv_bias0", "baseline_wide_bias0")}
-# where the rescues run, the capacity control is baseline_wide_bias0: baseline_wide dies now and then
-RESCUE_REFERENCES = ("baseline", "upsample_only", "baseline_wide_bias0")
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """A named DVC experiment: its `-S` settings on top of params.yaml, which variants it keeps
-    (None: all of params.yaml's), the variants it adds (name -> (base variant, {layer number counted
-    from 1: {key: value}})), the command that makes its data first, and the references its tables
-    compare with."""
-
-    name: str
-    title: str
-    settings: tuple[str, ...]
-    variants: tuple[str, ...] | None = None
-    extra_variants: Mapping[str, tuple[str, Mapping[int, Mapping[str, Any]]]] = field(default_factory=dict)
-    setup: tuple[str, ...] = ()
-    references: tuple[str, ...] = ("baseline", "upsample_only", "baseline_wide")
-    leave_out: tuple[str, ...] = ()  # variants removed from all of params.yaml's (with variants=None)
-    # variants this protocol need not run because another is the same network here ({name: the other})
-    same_as: Mapping[str, str] = field(default_factory=dict)
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    p.name: p
-    for p in (
-        Protocol(
-            "tutorial-centered",
-            "Fashion-MNIST, the tutorial's protocol, pixels centred",
-            (*FASHION_MNIST, "data.scaling=centered", *TUTORIAL, SEEDS),
-            extra_variants=RESCUES,
-            references=RESCUE_REFERENCES,
-        ),
-        Protocol(
-            "tutorial-unit",
-            "Fashion-MNIST, the tutorial's protocol, pixels in [0, 1]",
-            (*FASHION_MNIST, "data.scaling=unit", *TUTORIAL, SEEDS),
-            extra_variants=RESCUES,
-            references=RESCUE_REFERENCES,
-        ),
-        Protocol(
-            "converge",
-            "Fashion-MNIST, trained to convergence (Adam)",
-            (*FASHION_MNIST, "data.scaling=centered", *CONVERGE, SEEDS),
-            # Keras' initialiser already starts every bias at 0: transposed_bias0 would repeat transposed exactly
-            leave_out=("transposed_bias0",),
-            references=("baseline", "upsample_only", "baseline_wide", "resize_conv"),
-            same_as={"transposed_bias0": "transposed", "baseline_wide_bias0": "baseline_wide"},
-        ),
-        Protocol(
-            "digits-centered",
-            "MNIST digits (8,000/2,000 split of t10k), the tutorial's protocol, pixels centred",
-            (*MNIST_DIGITS, "data.scaling=centered", *TUTORIAL, SEEDS),
-            variants=DIGITS_VARIANTS,
-            extra_variants=DIGITS_RESCUES,
-            references=RESCUE_REFERENCES,
-            setup=DIGITS_SETUP,
-        ),
-        Protocol(
-            "digits-unit",
-            "MNIST digits (8,000/2,000 split of t10k), the tutorial's protocol, pixels in [0, 1]",
-            (*MNIST_DIGITS, "data.scaling=unit", *TUTORIAL, SEEDS),
-            variants=DIGITS_VARIANTS,
-            extra_variants=DIGITS_RESCUES,
-            references=RESCUE_REFERENCES,
-            setup=DIGITS_SETUP,
-        ),
-    )
-}
-
-
-def hydra_value(value: Any) -> str:
-    """A Python value in the override grammar of `dvc exp run -S` (Hydra's): dicts, lists, numbers,
-    booleans, null, and strings quoted unless they are plain words."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{key}: {hydra_value(item)}" for key, item in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(hydra_value(item) for item in value) + "]"
-    text = str(value)
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text) and text.lower() not in ("null", "true", "false", "nan", "inf"):
-        return text
-    # a backslash escapes only a quote (or the closing quote): double the runs before one, then escape quotes
-    text = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, text)
-    return "'" + text.replace("'", "\\'") + "'"
-
-
-def derived_variant(params: Params, base: str, changes: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
-    """params.yaml's variant `base` with `changes` ({layer number from 1: {key: value}}) applied, as the
-    dict a `+variants.NAME=` setting carries. The result is validated as a Variant."""
-    from pipeline.config import Variant
-
-    spec = params.variant(base)
-    layers = [layer.model_dump(exclude_defaults=True) for layer in spec.layers]
-    for number, keys in changes.items():
-        if not 1 <= number <= len(layers):
-            raise ValueError(f"variant {base!r} has {len(layers)} layers, no layer {number}")
-        layers[number - 1] |= dict(keys)
-    shown = "; ".join(f"layer {n}: {', '.join(f'{k} {v}' for k, v in keys.items())}" for n, keys in changes.items())
-    derived = {"description": f"{base} with {shown}", "layers": layers}
-    Variant.model_validate(derived)  # a bad change fails here, not in the middle of a run
-    return derived
-
-
-def experiment_settings(protocol: Protocol, params: Params) -> list[str]:
-    """The protocol's `-S` values for params.yaml as it is: its settings, then the variants it removes
-    and the ones it adds."""
-    names = list(params.variants)
-    keep = names if protocol.variants is None else [v for v in protocol.variants if v not in protocol.extra_variants]
-    unknown = [name for name in [*keep, *protocol.leave_out] if name not in names]
-    if unknown:
-        raise DataError(f"protocol {protocol.name}: no variant {', '.join(unknown)} in params.yaml")
-    removed = [name for name in names if name not in keep or name in protocol.leave_out]
-    added = [
-        f"+variants.{name}={hydra_value(derived_variant(params, base, changes))}"
-        for name, (base, changes) in protocol.extra_variants.items()
-    ]
-    return [*protocol.settings, *(f"~variants.{name}" for name in removed), *added]
-
-
-def experiment_command(protocol: Protocol, params: Params) -> list[str]:
-    """`dvc exp run -n NAME -S ...` for the protocol: the same runs as a named DVC experiment in the
-    workspace, one stage per variant: what made the CSVs that record no `threads`."""
-    command = ["dvc", "exp", "run", "-n", protocol.name]
-    for setting in experiment_settings(protocol, params):
-        command += ["-S", setting]
-    return command
-
-
-GRIDS = Path("grids")  # each protocol's grid folder: grids/<protocol>/ (runs.csv, per-run files)
-# a protocol's grid runs one single-thread run per core: more runs at once beat more threads per run
-GRID_SETTINGS = ("++train.threads=1",)  # ++: set, or add to a params.yaml without the key
-
-
-def grid_command(protocol: Protocol, params: Params) -> list[str]:
-    """`python -m pipeline grid --out grids/NAME --set ...` for the protocol: every variant x seed
-    of its params, on every core here (or on the cluster in RAY_ADDRESS)."""
-    command = ["python", "-m", "pipeline", "grid", "--out", str(GRIDS / protocol.name)]
-    for setting in [*experiment_settings(protocol, params), *GRID_SETTINGS]:
-        command += ["--set", setting]
-    return command
-
-
-def shell_line(command: Sequence[str]) -> str:
-    return " ".join(shlex.quote(part) for part in command)
-
+TABLE_FILES = (Path("docs/results.md"), Path("README.md"), Path("docs/protocol.md"))
 
 # --- per-run CSVs ----------------------------------------------------------------------------------
 
@@ -335,8 +147,18 @@ def read_results(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: no column {', '.join(missing)}; write it with `python -m pipeline.results collect`")
     for column in _NULLABLE_INT:
         table[column] = table[column].astype("Int64")
-    table["trained"] = table["trained"].astype(bool)
+    # from the accuracy, not the column: a CSV written before runs could stall counts them as trained
+    table["trained"] = statistics.trained(table["test_accuracy"], NUM_CLASSES)
     return table[RESULT_COLUMNS]
+
+
+def add_runs(table: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
+    """`table` with the runs of `more` (a grid's runs.csv) after it; a variant x seed in both is refused."""
+    both = table.merge(more, on=["variant", "seed"])[["variant", "seed"]]
+    if len(both):
+        shown = ", ".join(f"{v}/seed-{s}" for v, s in both.itertuples(index=False))
+        raise DataError(f"runs already in the CSV: {shown}")
+    return pd.concat([table, more[RESULT_COLUMNS]], ignore_index=True)
 
 
 # --- tables ----------------------------------------------------------------------------------------
@@ -365,7 +187,7 @@ def dead_runs(results: pd.DataFrame) -> str:
         {key: (None if _missing(v) or v is pd.NA else v) for key, v in record.items()}
         for record in results.to_dict("records")
     ]
-    text = reporting._collapsed_list(records, NUM_CLASSES).strip()
+    text = reporting.collapsed_list(records, NUM_CLASSES).strip()
     return text or "Every run trained."
 
 
@@ -426,14 +248,18 @@ def stopping_table(results: pd.DataFrame, epoch_steps: int, max_steps: int) -> p
     return pd.DataFrame(rows)
 
 
+def _twins(results: pd.DataFrame, suffix: str = "_bias0") -> list[tuple[str, str]]:
+    """(variant, its twin) for every variant whose `<variant><suffix>` is in these results too."""
+    names = set(results["variant"])
+    return [(v, v + suffix) for v in dict.fromkeys(results["variant"]) if v + suffix in names]
+
+
 def rescue_table(results: pd.DataFrame, suffix: str = "_bias0") -> pd.DataFrame:
     """Per variant that has a `<variant><suffix>` twin in these results (the same network, biases at 0
-    where the tutorial's are 1.0): runs that trained with each, Fisher's exact p on the two counts, the
-    median step-0 loss of each; then all of them pooled. Empty when no variant has a twin."""
-    from scipy.stats import fisher_exact
-
-    names = set(results["variant"])
-    pairs = [(v, v + suffix) for v in dict.fromkeys(results["variant"]) if v + suffix in names]
+    where the tutorial's are 1.0), on the seeds both ran: runs that trained with each, Fisher's exact p
+    on the two counts, the median step-0 loss of each; then all of them pooled. Empty when no variant
+    has a twin."""
+    pairs = _twins(results, suffix)
     if not pairs:
         return pd.DataFrame()
     rows = []
@@ -441,20 +267,130 @@ def rescue_table(results: pd.DataFrame, suffix: str = "_bias0") -> pd.DataFrame:
         *((v, [v], [w]) for v, w in pairs),
         ("all of them", [v for v, _ in pairs], [w for _, w in pairs]),
     ]:
-        one, zero = results[results["variant"].isin(before)], results[results["variant"].isin(after)]
-        k1, k0 = int(one["trained"].sum()), int(zero["trained"].sum())
-        p = fisher_exact([[k1, len(one) - k1], [k0, len(zero) - k0]]).pvalue
+        kept = [_common_runs(results, v, w) for v, w in zip(before, after, strict=True)]
+        one = pd.concat([a for a, _ in kept])
+        zero = pd.concat([b for _, b in kept])
+        k1, n1, k0, n0 = int(one["trained"].sum()), len(one), int(zero["trained"].sum()), len(zero)
+        p = statistics.fisher_exact_p_value(k1, n1, k0, n0)
         rows.append(
             {
                 "variant": label,
-                "trained, tutorial's biases": f"{k1}/{len(one)}",
-                f"trained, {suffix.strip('_')}": f"{k0}/{len(zero)}",
+                "trained, tutorial's biases": f"{k1}/{n1}",
+                f"trained, {suffix.strip('_')}": f"{k0}/{n0}",
                 "Fisher p": f"{p:.2g}",
                 "step-0 loss, tutorial's biases: median": f"{one['step0_loss'].median():.3g}",
                 f"step-0 loss, {suffix.strip('_')}: median": f"{zero['step0_loss'].median():.3g}",
             }
         )
     return pd.DataFrame(rows)
+
+
+def _common_runs(results: pd.DataFrame, variant: str, other: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of two variants on the seeds both ran, each in seed order."""
+    a = results[results["variant"] == variant].set_index("seed")
+    b = results[results["variant"] == other].set_index("seed")
+    seeds = a.index.intersection(b.index).sort_values()
+    return a.loc[seeds], b.loc[seeds]
+
+
+def _on_common_seeds(results: pd.DataFrame, variant: str, reference: str) -> tuple[np.ndarray, np.ndarray]:
+    """The test accuracies of two variants on the seeds both ran, aligned by seed."""
+    for name in (variant, reference):
+        if name not in set(results["variant"]):
+            raise DataError(f"no variant {name!r} in these results")
+    a, b = _common_runs(results, variant, reference)
+    return a["test_accuracy"].to_numpy(dtype=float), b["test_accuracy"].to_numpy(dtype=float)
+
+
+def _pp(mean: float, low: float, high: float) -> str:
+    return f"{100 * mean:+.2f} pp [{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
+def family_table(protocol: Protocol, results: pd.DataFrame) -> pd.DataFrame:
+    """The protocol's Holm family (Protocol.family), one row per comparison on the seeds both sides
+    ran: the result (a paired difference with its bootstrap 95% interval, or runs trained k/n against
+    k/n), the seeds where the variant scored higher, the difference over the seeds where both trained
+    when that leaves some out, the raw p (sign-flip or Fisher's exact) and the Holm p over the family."""
+    rows, p_values = [], []
+    for comparison in protocol.family:
+        row = {"comparison": comparison.label()}
+        if comparison.kind == "accuracy":
+            variant, reference = _on_common_seeds(results, comparison.variant, comparison.reference)
+            paired = statistics.paired_comparison(variant, reference)
+            both = statistics.conditional_comparison(variant, reference, NUM_CLASSES)
+            row |= {
+                "seeds": str(paired.n),
+                "result": _pp(paired.mean_difference, paired.ci_low, paired.ci_high),
+                "variant higher": f"{int((variant > reference).sum())}/{paired.n}",
+                "if both trained": (
+                    "" if both.n == paired.n else f"{_pp(both.mean_difference, both.ci_low, both.ci_high)} ({both.n})"
+                ),
+            }
+            p_values.append(paired.p_value)
+        else:
+            pairs = (
+                [(comparison.variant, comparison.reference)]
+                if comparison.kind == "trained"
+                else [(twin, v) for v, twin in _twins(results)]
+            )
+            if not pairs:
+                raise DataError(f"{comparison.label()}: no variant here has a `_bias0` twin")
+            for v, r in pairs:
+                _on_common_seeds(results, v, r)  # both variants are there
+            kept = [_common_runs(results, v, r) for v, r in pairs]
+            one, other = pd.concat([a for a, _ in kept]), pd.concat([b for _, b in kept])
+            k, n, rk, rn = int(one["trained"].sum()), len(one), int(other["trained"].sum()), len(other)
+            row |= {
+                "seeds": str(n),
+                "result": f"{k}/{n} against {rk}/{rn}",
+                "variant higher": "",
+                "if both trained": "",
+            }
+            p_values.append(statistics.fisher_exact_p_value(k, n, rk, rn))
+        rows.append(row)
+    adjusted = statistics.holm(p_values)
+    for row, p, holm in zip(rows, p_values, adjusted, strict=True):
+        row |= {"p": f"{p:.2g}", f"Holm p (family of {len(rows)})": f"{holm:.2g}"}
+    return pd.DataFrame(rows)
+
+
+def scaling_table(centred: pd.DataFrame, unit: pd.DataFrame) -> pd.DataFrame:
+    """The pixel-scaling family of one dataset: per variant both CSVs have, the runs that trained with
+    centred pixels and with [0, 1] pixels on the seeds both ran, Fisher's exact p and the Holm p over
+    the variants."""
+    rows, p_values = [], []
+    for variant in [v for v in dict.fromkeys(centred["variant"]) if v in set(unit["variant"])]:
+        a = centred[centred["variant"] == variant].set_index("seed")["trained"]
+        b = unit[unit["variant"] == variant].set_index("seed")["trained"]
+        seeds = a.index.intersection(b.index)
+        k, n, uk, un = int(a[seeds].sum()), len(seeds), int(b[seeds].sum()), len(seeds)
+        rows.append({"variant": variant, "trained, centred": f"{k}/{n}", "trained, [0, 1]": f"{uk}/{un}"})
+        p_values.append(statistics.fisher_exact_p_value(k, n, uk, un))
+    for row, p, holm in zip(rows, p_values, statistics.holm(p_values), strict=True):
+        row |= {"Fisher p": f"{p:.2g}", f"Holm p (family of {len(rows)})": f"{holm:.2g}"}
+    return pd.DataFrame(rows)
+
+
+def families_text() -> str:
+    """docs/protocol.md's statement of every Holm family, from PROTOCOLS and SCALING."""
+    parts = []
+    for protocol in PROTOCOLS.values():
+        more = (
+            f" Seeds 1-10 for every variant; {MORE_SEEDS[0]}-{MORE_SEEDS[-1]} too for "
+            + ", ".join(f"`{v}`" for v in protocol.more_seeds)
+            + "."
+            if protocol.more_seeds
+            else " Seeds 1-10."
+        )
+        lines = [f"**`{protocol.name}`** ({protocol.title}).{more} Its family, {len(protocol.family)} comparisons:"]
+        lines += [f"{n}. {comparison.label()}" for n, comparison in enumerate(protocol.family, 1)]
+        parts.append("\n".join(lines))
+    for dataset, (centred, unit) in SCALING.items():
+        parts.append(
+            f"**Pixel scaling, {dataset}** (`{centred}` against `{unit}`): every variant both ran, its share of"
+            " runs that trained with centred pixels against [0, 1] pixels; one comparison per variant."
+        )
+    return "\n\n".join(parts)
 
 
 def agreement_table(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
@@ -490,21 +426,18 @@ def _markdown(table: pd.DataFrame) -> str:
 SUMMARY_VARIANTS = ("transposed", "transposed_bias0", "upsample_only", "baseline_wide_bias0")
 
 
-def _summary_cell(row: pd.Series, reference: str) -> str:
+def _summary_cell(row: pd.Series, reference: pd.Series) -> str:
     share = f"{int(row['trained_runs'])}/{int(row['n_seeds'])}"
     if row["verdict"] == "reference":
         return f"{share}, {row['test_accuracy_mean'] * 100:.2f}%"
-    fisher = (
-        ""
-        if _missing(row["trained_p_fisher"]) or row["trained_p_fisher"] >= 1
-        else f" (p={row['trained_p_fisher']:.2g})"
-    )
+    same = (row["trained_runs"], row["n_seeds"]) == (reference["trained_runs"], reference["n_seeds"])
+    fisher = "" if _missing(row["trained_p_fisher"]) or same else f" (p={row['trained_p_fisher']:.2g})"
     parts = [f"{share}{fisher}"]
     if not _missing(row["diff_vs_baseline_mean"]):
-        all_runs = reporting._diff_cell(row["diff_vs_baseline_mean"], row["diff_ci_low"], row["diff_ci_high"], "")
+        all_runs = reporting.diff_cell(row["diff_vs_baseline_mean"], row["diff_ci_low"], row["diff_ci_high"], "")
         parts.append(f"**{all_runs}**" if row["significant"] else all_runs)
     if not _missing(row["trained_diff_mean"]) and row["trained_pairs"] != row["n_paired_seeds"]:
-        both = reporting._diff_cell(
+        both = reporting.diff_cell(
             row["trained_diff_mean"], row["trained_diff_ci_low"], row["trained_diff_ci_high"], ""
         )
         parts.append(f"both trained {both} ({int(row['trained_pairs'])})")
@@ -527,13 +460,14 @@ def summary_table(results: Mapping[str, pd.DataFrame], reference: str = "baselin
     rows = []
     for name, table in results.items():
         summary = reporting.summarize(_runs(table), NUM_CLASSES, baseline=reference).set_index("variant")
-        row = {"protocol": f"`{name}`", f"`{reference}`": _summary_cell(summary.loc[reference], reference)}
+        row = {"protocol": f"`{name}`", f"`{reference}`": _summary_cell(summary.loc[reference], summary.loc[reference])}
         for variant in present:
             shown = variant if variant in summary.index else same_as(name).get(variant)
             row[f"`{variant}`"] = (
                 "not run"
                 if shown not in summary.index
-                else ("" if shown == variant else f"= `{shown}`: ") + _summary_cell(summary.loc[shown], reference)
+                else ("" if shown == variant else f"= `{shown}`: ")
+                + _summary_cell(summary.loc[shown], summary.loc[reference])
             )
         rows.append(row)
     return _markdown(pd.DataFrame(rows))
@@ -552,6 +486,8 @@ def protocol_block(protocol: Protocol, results: pd.DataFrame, part: str | None, 
         if every is None or steps is None:
             raise DataError(f"results:{protocol.name}:stopping: the protocol sets no train.validation_every/steps")
         return _markdown(stopping_table(results, int(every), int(steps)))
+    if part == "family":
+        return _markdown(family_table(protocol, results)) if protocol.family else "This protocol states no family."
     if part == "rescue":
         table = rescue_table(results)
         return _markdown(table) if not table.empty else "No variant here has a `_bias0` twin."
@@ -560,6 +496,7 @@ def protocol_block(protocol: Protocol, results: pd.DataFrame, part: str | None, 
     if part is None:
         references = [r for r in protocol.references if r in set(results["variant"])]
         blocks = [protocol_block(protocol, results, "command", command)]
+        blocks.append(protocol_block(protocol, results, "family", command))
         blocks.append(protocol_block(protocol, results, f"vs-{references[0]}", command))
         blocks.append(protocol_block(protocol, results, "dead-runs", command))
         blocks.append(protocol_block(protocol, results, "step0", command))
@@ -567,7 +504,8 @@ def protocol_block(protocol: Protocol, results: pd.DataFrame, part: str | None, 
         blocks += [protocol_block(protocol, results, f"vs-{r}", command) for r in references[1:]]
         return "\n\n".join(blocks)
     raise DataError(
-        f"results:{protocol.name}:{part}: unknown table; known: command, vs-VARIANT, dead-runs, step0, rescue, stopping"
+        f"results:{protocol.name}:{part}: unknown table; known: command, family, vs-VARIANT, dead-runs, step0,"
+        " rescue, stopping"
     )
 
 
@@ -594,15 +532,20 @@ def fill_blocks(text: str, render: Any) -> tuple[str, list[str]]:
 
 def commands(protocol: Protocol, params: Params, results: pd.DataFrame | None = None) -> str:
     """The shell lines that produce a protocol's CSV: its grid (what `make results` runs), or, for a
-    CSV whose runs record no `threads` (made before the grid, with TensorFlow's default threads),
-    the `dvc exp run` and `collect` that made it."""
+    CSV whose first runs record no `threads` (made before the grid, with TensorFlow's default
+    threads), the `dvc exp run` and `collect` that made them; then, for a protocol with more_seeds
+    (unless `results` has none of them yet), the grid of MORE_SEEDS and the `add` of its runs."""
     lines = [shell_line(protocol.setup)] if protocol.setup else []
-    if results is not None and results["threads"].isna().all():
+    first = None if results is None else results[~results["seed"].isin(MORE_SEEDS)]
+    if first is not None and first["threads"].isna().all():
         lines.append(shell_line(experiment_command(protocol, params)))
         lines.append(f"python -m pipeline.results collect {protocol.name}")
     else:
         lines.append(shell_line(grid_command(protocol, params)))
         lines.append(f"cp {GRIDS / protocol.name / 'runs.csv'} {RESULTS_DIR / protocol.name}.csv")
+    if protocol.more_seeds and (results is None or results["seed"].isin(MORE_SEEDS).any()):
+        lines.append(shell_line(more_seeds_command(protocol, params)))
+        lines.append(f"python -m pipeline.results add {protocol.name} {more_seeds_out(protocol) / 'runs.csv'}")
     return "\n".join(lines)
 
 
@@ -618,6 +561,14 @@ def render_tables(files: Sequence[Path], results_dir: Path, params: Params) -> d
         return cache[name]
 
     def render(name: str) -> str | None:
+        if name == "families":
+            return families_text()
+        if name.startswith("scaling:"):
+            dataset = name.partition(":")[2]
+            if dataset not in SCALING:
+                raise DataError(f"results:{name}: no dataset {dataset!r}; known: {', '.join(SCALING)}")
+            centred, unit = (results_of(p) for p in SCALING[dataset])
+            return None if centred is None or unit is None else _markdown(scaling_table(centred, unit))
         if name == "summary":
             available = {p: results_of(p) for p in PROTOCOLS}
             available = {p: r for p, r in available.items() if r is not None}
@@ -655,6 +606,9 @@ def run_protocol(protocol: Protocol, params_path: Path = Path("params.yaml"), re
         subprocess.run([sys.executable, *protocol.setup[1:]], check=True)
     grid_params = apply_settings(params_path, [*experiment_settings(protocol, params), *GRID_SETTINGS])
     table = run_grid(grid_params, list(grid_params.variants), grid_params.train.seeds, GRIDS / protocol.name)
+    if protocol.more_seeds:
+        more = run_grid(grid_params, list(protocol.more_seeds), list(MORE_SEEDS), more_seeds_out(protocol))
+        table = add_runs(table, more)
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{protocol.name}.csv"
     table.to_csv(path, index=False)
@@ -682,6 +636,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, text in (("commands", "print each protocol's commands"), ("run", "run, collect, then tables")):
         sub.add_parser(name, help=text).add_argument("protocols", nargs="*", help="default: all")
     sub.add_parser("collect", help="the workspace's runs -> CSV").add_argument("protocol", choices=list(PROTOCOLS))
+    add = sub.add_parser("add", help="a grid's runs.csv -> added to the protocol's CSV")
+    add.add_argument("protocol", choices=list(PROTOCOLS))
+    add.add_argument("runs", type=Path, help="the grid's runs.csv")
     agree = sub.add_parser("agree", help="two CSVs of one protocol side by side: does the second agree?")
     agree.add_argument("before", type=Path)
     agree.add_argument("after", type=Path)
@@ -702,6 +659,12 @@ def main(argv: list[str] | None = None) -> None:
         path = args.results / f"{args.protocol}.csv"
         collect(params).to_csv(path, index=False)
         print(f"{path}: {len(read_results(path))} runs", file=sys.stderr)
+        return
+    if args.command == "add":
+        path = args.results / f"{args.protocol}.csv"
+        table = add_runs(read_results(path), read_results(args.runs))
+        table.to_csv(path, index=False)
+        print(f"{path}: {len(table)} runs", file=sys.stderr)
         return
     if args.command == "run":
         for protocol in _protocols(args.protocols):

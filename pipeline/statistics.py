@@ -1,4 +1,5 @@
-"""Statistics that fit bimodal outcomes: a run either trains or dies (collapses to chance).
+"""Statistics that fit bimodal outcomes: a run mostly trains or dies (collapses to chance), and now
+and then stalls in between (``outcomes``).
 
 Test accuracies over seeds are bimodal, so a mean with a Student t interval misleads (it can give
 [-35%, 134%]). This module reports the two things apart:
@@ -28,11 +29,17 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import optimize, stats
 
-TRAINED_MARGIN = 1.5
-"""A run trained when its test accuracy is at least TRAINED_MARGIN / num_classes (1.5x chance).
+DIED_MARGIN = 1.5
+"""A run died when its test accuracy is below DIED_MARGIN / num_classes (1.5x chance: 15% for 10
+classes). A collapsed network predicts (almost) one class and scores about 1/num_classes."""
 
-A collapsed run predicts (almost) one class and scores about 1/num_classes; 1.5x chance separates the
-two modes by a clear margin for any class count the project uses (15% for 10 classes)."""
+TRAINED_FROM = 0.5
+"""A run trained when its test accuracy is at least TRAINED_FROM (and at least 1.5x chance): it gets
+most test images right. Between the two lines a run *stalled*: it left chance but ended far below
+what its variant reaches when it trains (docs/results.md, "How to read", says where the line falls
+in the published runs)."""
+
+OUTCOMES = ("trained", "stalled", "died")
 
 EXACT_PERMUTATION_MAX_PAIRS = 16
 """Up to this many pairs the sign-flip test enumerates all 2**n sign flips (65,536 at most) and is
@@ -113,13 +120,31 @@ def _check_confidence(confidence: float) -> None:
 # --- reliability --------------------------------------------------------------------------------
 
 
-def trained(accuracies: ArrayLike, num_classes: int) -> np.ndarray:
-    """Which runs trained: test accuracy >= TRAINED_MARGIN / num_classes. NaN counts as not trained."""
+def _accuracies(accuracies: ArrayLike, num_classes: int) -> np.ndarray:
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    array = _as_float_array(accuracies, "accuracies")
+    return _as_float_array(accuracies, "accuracies")
+
+
+def trained_from(num_classes: int) -> float:
+    """The test accuracy from which a run counts as trained: TRAINED_FROM, or 1.5x chance if higher."""
+    return max(TRAINED_FROM, DIED_MARGIN / num_classes)
+
+
+def trained(accuracies: ArrayLike, num_classes: int) -> np.ndarray:
+    """Which runs trained: test accuracy >= trained_from(num_classes). NaN counts as not trained."""
+    array = _accuracies(accuracies, num_classes)
     with np.errstate(invalid="ignore"):
-        return np.asarray(array >= TRAINED_MARGIN / num_classes, dtype=bool)
+        return np.asarray(array >= trained_from(num_classes), dtype=bool)
+
+
+def outcomes(accuracies: ArrayLike, num_classes: int) -> np.ndarray:
+    """Each run's outcome: "trained" (trained()), "died" (below DIED_MARGIN / num_classes, or NaN),
+    or "stalled" (in between)."""
+    array = _accuracies(accuracies, num_classes)
+    with np.errstate(invalid="ignore"):
+        died = ~(array >= DIED_MARGIN / num_classes)
+    return np.where(trained(array, num_classes), "trained", np.where(died, "died", "stalled"))
 
 
 def reliability(

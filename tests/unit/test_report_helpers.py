@@ -15,7 +15,9 @@ from pipeline.reporting import collapsed_run, confusion_from_pairs, image_maps, 
 def test_collapsed_runs_are_those_at_chance_level():
     assert collapsed_run({"test_accuracy": 0.10}, 10)
     assert collapsed_run({"test_accuracy": 0.149}, 10)
-    assert not collapsed_run({"test_accuracy": 0.15}, 10)
+    assert collapsed_run({"test_accuracy": 0.15}, 10)  # stalled: not trained either
+    assert collapsed_run({"test_accuracy": 0.4999}, 10)
+    assert not collapsed_run({"test_accuracy": 0.5}, 10)
     assert collapsed_run({"test_accuracy": 0.5, "diverged_at_step": 7}, 10)
     assert not collapsed_run({"test_accuracy": 0.5, "diverged_at_step": None}, 10)
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from support import ROOT
 
-from pipeline import reporting, results
+from pipeline import protocols, reporting, results
 from pipeline.config import load_params, parse_params
 from pipeline.datasets import IDX_FILES
 from pipeline.errors import DataError
@@ -110,88 +110,133 @@ def collected(tmp_path):
 def test_hydra_value_reads_back_as_the_same_value(value):
     from hydra.core.override_parser.overrides_parser import OverridesParser  # what `dvc exp run -S` uses
 
-    parsed = OverridesParser.create().parse_overrides([f"+x={results.hydra_value(value)}"])[0].value()
+    parsed = OverridesParser.create().parse_overrides([f"+x={protocols.hydra_value(value)}"])[0].value()
     assert parsed == value
 
 
 def test_every_protocol_is_ten_seeds_and_names_its_data():
-    assert list(results.PROTOCOLS) == [
+    assert list(protocols.PROTOCOLS) == [
         "tutorial-centered",
         "tutorial-unit",
         "converge",
         "digits-centered",
         "digits-unit",
     ]
-    for protocol in results.PROTOCOLS.values():
+    for protocol in protocols.PROTOCOLS.values():
         assert "train.seeds=[1,2,3,4,5,6,7,8,9,10]" in protocol.settings
         assert any(s.startswith("data.scaling=") for s in protocol.settings)
         assert any(s.startswith("data.dataset=") for s in protocol.settings)
-    assert "data.scaling=unit" in results.PROTOCOLS["tutorial-unit"].settings
-    assert "train.initializer=keras" in results.PROTOCOLS["converge"].settings
+    assert "data.scaling=unit" in protocols.PROTOCOLS["tutorial-unit"].settings
+    assert "train.initializer=keras" in protocols.PROTOCOLS["converge"].settings
     for name in ("digits-centered", "digits-unit"):
-        digits = results.PROTOCOLS[name]
+        digits = protocols.PROTOCOLS[name]
         assert digits.setup[:2] == ("python", "scripts/mnist_digits.py")
         assert "data.validation_size=1000" in digits.settings
         assert {"baseline", "transposed", "transposed_bias0", "upsample_only", "baseline_wide", "resize_conv"} <= set(
             digits.variants
         )
-    assert list(results.DIGITS_SHA256) == list(IDX_FILES.values())
+    assert list(protocols.DIGITS_SHA256) == list(IDX_FILES.values())
 
 
 def test_settings_keep_remove_and_add_variants_of_params_yaml_as_it_is():
     shipped = load_params(ROOT / "params.yaml")
-    tutorial = results.experiment_settings(results.PROTOCOLS["tutorial-centered"], shipped)
+    tutorial = protocols.experiment_settings(protocols.PROTOCOLS["tutorial-centered"], shipped)
     assert not any(s.startswith("~variants") for s in tutorial)  # every variant, and the rescues added
     added = [s.split("=", 1)[0].removeprefix("+variants.") for s in tutorial if s.startswith("+variants")]
-    assert added == list(results.RESCUES) and all(name.endswith("_bias0") for name in added)
-    for name, (base, changes) in results.RESCUES.items():
-        derived = results.derived_variant(shipped, base, changes)
+    assert added == list(protocols.RESCUES) and all(name.endswith("_bias0") for name in added)
+    for name, (base, changes) in protocols.RESCUES.items():
+        derived = protocols.derived_variant(shipped, base, changes)
         kinds = [layer["type"] for layer in derived["layers"]]
         # bias_init 0.0 on every convolution after the first, nowhere else
         expected = [0.0 if i > 0 and kind.startswith("conv") else None for i, kind in enumerate(kinds)]
         assert [layer.get("bias_init") for layer in derived["layers"]] == expected, name
-    converge = results.experiment_settings(results.PROTOCOLS["converge"], shipped)
+    converge = protocols.experiment_settings(protocols.PROTOCOLS["converge"], shipped)
     assert [s for s in converge if s.startswith("~")] == ["~variants.transposed_bias0"]
-    digits = results.experiment_settings(results.PROTOCOLS["digits-centered"], shipped)
+    digits = protocols.experiment_settings(protocols.PROTOCOLS["digits-centered"], shipped)
     removed = {s.removeprefix("~variants.") for s in digits if s.startswith("~")}
-    assert removed == set(shipped.variants) - set(results.DIGITS_VARIANTS)
+    assert removed == set(shipped.variants) - set(protocols.DIGITS_VARIANTS)
 
     rescue = dataclasses.replace(
-        results.PROTOCOLS["digits-unit"],
-        variants=(*results.DIGITS_VARIANTS, "transposed_deep_bias0"),
+        protocols.PROTOCOLS["digits-unit"],
+        variants=(*protocols.DIGITS_VARIANTS, "transposed_deep_bias0"),
         extra_variants={"transposed_deep_bias0": ("transposed_deep", {3: {"bias_init": 0.0}, 4: {"bias_init": 0.0}})},
     )
-    added = [s for s in results.experiment_settings(rescue, shipped) if s.startswith("+variants")]
+    added = [s for s in protocols.experiment_settings(rescue, shipped) if s.startswith("+variants")]
     assert len(added) == 1 and added[0].startswith("+variants.transposed_deep_bias0={")
-    derived = results.derived_variant(shipped, "transposed_deep", {3: {"bias_init": 0.0}, 4: {"bias_init": 0.0}})
+    derived = protocols.derived_variant(shipped, "transposed_deep", {3: {"bias_init": 0.0}, 4: {"bias_init": 0.0}})
     assert [layer.get("bias_init") for layer in derived["layers"]] == [None, None, 0.0, 0.0, None, None, None]
     assert derived["description"] == "transposed_deep with layer 3: bias_init 0.0; layer 4: bias_init 0.0"
 
     with pytest.raises(DataError, match="no variant nope"):
-        results.experiment_settings(dataclasses.replace(rescue, variants=("nope",)), shipped)
+        protocols.experiment_settings(dataclasses.replace(rescue, variants=("nope",)), shipped)
     with pytest.raises(ValueError, match="no layer 9"):
-        results.derived_variant(shipped, "transposed", {9: {"bias_init": 0.0}})
+        protocols.derived_variant(shipped, "transposed", {9: {"bias_init": 0.0}})
 
 
 def test_commands_are_the_setup_the_grid_and_the_copy():
-    shell_line = results.shell_line
+    shell_line = protocols.shell_line
     shipped = load_params(ROOT / "params.yaml")
-    lines = results.commands(results.PROTOCOLS["digits-unit"], shipped).splitlines()
+    lines = results.commands(protocols.PROTOCOLS["digits-unit"], shipped).splitlines()
     assert lines[0] == "python scripts/mnist_digits.py --out data/mnist-digits-source"
     assert lines[1].startswith("python -m pipeline grid --out grids/digits-unit --set data.dataset=mnist_t10k_split ")
     assert "--set '++data.sha256={train-images-idx3-ubyte.gz: cd3bdce6" in lines[1]
     assert lines[2] == "cp grids/digits-unit/runs.csv docs/results/digits-unit.csv"
-    experiment = results.experiment_command(results.PROTOCOLS["digits-unit"], shipped)
-    grid = results.grid_command(results.PROTOCOLS["digits-unit"], shipped)
+    experiment = protocols.experiment_command(protocols.PROTOCOLS["digits-unit"], shipped)
+    grid = protocols.grid_command(protocols.PROTOCOLS["digits-unit"], shipped)
     assert experiment[:5] == ["dvc", "exp", "run", "-n", "digits-unit"]  # the same settings, as a DVC experiment
     assert [*experiment[6::2], "++train.threads=1"] == grid[7::2]  # the same settings, and one thread per run
     assert set(experiment[5::2]) == {"-S"} and set(grid[6::2]) == {"--set"}
     # a CSV whose runs record no threads was made before the grid: its block shows what made it
-    made = pd.DataFrame({"variant": ["baseline"], "threads": pd.array([pd.NA], dtype="Int64")})
-    before = results.commands(results.PROTOCOLS["digits-unit"], shipped, made).splitlines()
+    made = pd.DataFrame({"variant": ["baseline"], "seed": [1], "threads": pd.array([pd.NA], dtype="Int64")})
+    before = results.commands(protocols.PROTOCOLS["digits-unit"], shipped, made).splitlines()
     assert before[1] == shell_line(experiment) and before[2] == "python -m pipeline.results collect digits-unit"
     made["threads"] = pd.array([1], dtype="Int64")
-    assert results.commands(results.PROTOCOLS["digits-unit"], shipped, made).splitlines() == lines
+    assert results.commands(protocols.PROTOCOLS["digits-unit"], shipped, made).splitlines() == lines
+
+
+def test_a_protocol_with_more_seeds_shows_their_grid_and_the_add():
+    shipped = load_params(ROOT / "params.yaml")
+    centred = protocols.PROTOCOLS["digits-centered"]
+    lines = results.commands(centred, shipped).splitlines()  # make results: both grids
+    more = protocols.more_seeds_command(centred, shipped)
+    assert lines[3] == protocols.shell_line(more)
+    assert more[4:10] == [
+        "--out",
+        "grids/digits-centered-more",
+        "--variants",
+        "baseline,transposed_bias0,upsample_only,resize_conv_bias0,baseline_wide_bias0",
+        "--seeds",
+        "11-30",
+    ]
+    assert more[10:] == protocols.grid_command(centred, shipped)[6:]  # the same settings, threads too
+    assert lines[4] == "python -m pipeline.results add digits-centered grids/digits-centered-more/runs.csv"
+    # seeds 1-10 from `dvc exp run` (no threads), 11-30 from the grid: both made it, both are shown
+    made = pd.DataFrame(
+        {"variant": ["baseline", "baseline"], "seed": [1, 11], "threads": pd.array([pd.NA, 1], dtype="Int64")}
+    )
+    shown = results.commands(centred, shipped, made).splitlines()
+    assert shown[1].startswith("dvc exp run -n digits-centered ") and shown[3:] == lines[3:]
+    # a CSV of seeds 1-10 alone has no more-seeds lines yet
+    assert len(results.commands(centred, shipped, made.iloc[:1]).splitlines()) == 3
+    with pytest.raises(DataError, match="runs no more seeds"):
+        protocols.more_seeds_command(protocols.PROTOCOLS["digits-unit"], shipped)
+    assert protocols.seed_range([11, 12, 13]) == "11-13" and protocols.seed_range([1, 3]) == "1,3"
+
+
+def test_every_family_names_variants_its_protocol_runs(tmp_path):
+    shipped = load_params(ROOT / "params.yaml")
+    for protocol in protocols.PROTOCOLS.values():
+        names = {
+            s.partition("=")[0].removeprefix("+variants.") for s in protocols.experiment_settings(protocol, shipped)
+        }
+        kept = (set(protocol.variants) if protocol.variants else set(shipped.variants)) - set(protocol.leave_out)
+        runs = kept | set(protocol.extra_variants)
+        assert protocol.family, protocol.name
+        for comparison in protocol.family:
+            assert {comparison.variant, comparison.reference} - {""} <= runs, (protocol.name, comparison)
+        assert set(protocol.more_seeds) <= runs
+        assert names  # the settings are there to run them
+    assert "1. trained: `transposed` against `baseline`" in results.families_text()
 
 
 # --- per-run CSVs ----------------------------------------------------------------------------------
@@ -270,8 +315,8 @@ def test_step0_table_by_hand(collected):
 def test_dead_runs_and_summary_cells(collected):
     table, _ = collected
     assert results.dead_runs(table).splitlines()[-2:] == [
-        "- transposed/seed-2: 10.00%",
-        "- transposed/seed-4: 10.00%, loss became NaN/inf at step 12",
+        "- transposed/seed-2: 10.00%, died",
+        "- transposed/seed-4: 10.00%, died, loss became NaN/inf at step 12",
     ]
     summary = results.summary_table({"tutorial-centered": table})
     header, _, row = summary.splitlines()
@@ -343,9 +388,16 @@ def test_tables_fill_their_markers_keep_the_prose_and_leave_protocols_without_a_
 def test_a_whole_protocol_block_and_an_unknown_name(collected, tmp_path):
     table, path = collected
     shipped = load_params(ROOT / "params.yaml")
-    block = results.protocol_block(results.PROTOCOLS["tutorial-centered"], table, None, "dvc exp run ...")
-    assert block.startswith("```bash\ndvc exp run ...\n```\n\n| variant")
-    assert block.count("| variant ") == 3  # vs baseline, the step-0 table, vs upsample_only
+    family = (
+        protocols.Comparison("trained", "transposed", "baseline"),
+        protocols.Comparison("accuracy", "transposed", "baseline"),
+    )
+    protocol = dataclasses.replace(protocols.PROTOCOLS["tutorial-centered"], family=family)
+    block = results.protocol_block(protocol, table, None, "dvc exp run ...")
+    assert block.startswith("```bash\ndvc exp run ...\n```\n\n| comparison")
+    assert block.count("\n| variant ") == 3  # vs baseline, the step-0 table, vs upsample_only
+    with pytest.raises(DataError, match="no variant here has a `_bias0` twin"):  # the shipped family needs one
+        results.protocol_block(protocols.PROTOCOLS["tutorial-centered"], table, "family", "")
     doc = tmp_path / "bad.md"
     doc.write_text("<!-- results:nope:start -->\n<!-- results:nope:end -->\n")
     with pytest.raises(DataError, match="no protocol 'nope'"):
@@ -371,22 +423,31 @@ def test_run_gives_the_grid_the_protocols_settings_and_leaves_params_yaml_alone(
 
     def fake_grid(params, variants, seeds, out, **kwargs):
         calls.append((params, list(variants), list(seeds), out))
-        return results.collect(params)
+        table = results.collect(params)
+        if seeds == list(protocols.MORE_SEEDS):  # the runs of seeds 1-2, relabelled 11-12
+            table = table[table["seed"] <= 2].assign(seed=lambda t: t["seed"] + 10)
+        return table[table["variant"].isin(variants)]
 
     monkeypatch.setattr(pipeline.grid.driver, "run_grid", fake_grid)
     protocol = dataclasses.replace(
-        results.PROTOCOLS["tutorial-centered"],
+        protocols.PROTOCOLS["tutorial-centered"],
         settings=("train.steps=1001", "train.seeds=[1,2,3,4]", "data.scaling=unit"),
         references=("baseline",),
         extra_variants={},
+        more_seeds=("baseline", "upsample_only"),
     )
     path = results.run_protocol(protocol, params_path, tmp_path / "docs" / "results")
     assert params_path.read_text() == original
-    ((params, variants, seeds, out),) = calls
+    (params, variants, seeds, out), (more_params, more_variants, more_seeds, more_out) = calls
     assert (params.train.steps, params.data.scaling, params.train.threads) == (1001, "unit", 1)
     assert variants == list(params_dict()["variants"]) and seeds == [1, 2, 3, 4]
-    assert out == results.GRIDS / "tutorial-centered"
-    assert len(results.read_results(path)) == 12
+    assert out == protocols.GRIDS / "tutorial-centered"
+    assert more_params == params and more_out == protocols.GRIDS / "tutorial-centered-more"
+    assert more_variants == ["baseline", "upsample_only"] and more_seeds == list(range(11, 31))
+    written = results.read_results(path)
+    assert len(written) == 12 + 4 and written["seed"].tolist()[-4:] == [11, 12, 11, 12]
+    with pytest.raises(DataError, match="already in the CSV: baseline/seed-1"):
+        results.add_runs(written, written[written["seed"] == 1])
 
 
 def test_rescue_table_pairs_each_variant_with_its_bias0_twin_and_pools_them():
@@ -445,10 +506,10 @@ def test_stopping_block_reads_the_epoch_and_cap_from_the_protocol():
     table = pd.DataFrame([{"variant": "baseline", "seed": 1, "steps": 1720, "stopped_early_at": pd.NA}], dtype=object)
     table["steps"] = table["steps"].astype("Int64")
     table["stopped_early_at"] = table["stopped_early_at"].astype("Int64")
-    block = results.protocol_block(results.PROTOCOLS["converge"], table, "stopping", "")
+    block = results.protocol_block(protocols.PROTOCOLS["converge"], table, "stopping", "")
     assert "reached the cap (15 epochs)" in block and "0/1" in block and "2 [2, 2]" in block
     with pytest.raises(DataError, match="sets no train.validation_every"):
-        results.protocol_block(results.Protocol("bare", "no settings", ()), table, "stopping", "")
+        results.protocol_block(protocols.Protocol("bare", "no settings", ()), table, "stopping", "")
 
 
 def test_agreement_puts_a_regeneration_beside_the_published_runs_and_checks_its_intervals(collected):

@@ -17,9 +17,11 @@ from pipeline.statistics import (
     holm,
     mean_interval,
     minimum_detectable_difference,
+    outcomes,
     paired_comparison,
     reliability,
     trained,
+    trained_from,
 )
 
 # Five seeds; the variant's seed 3 (index 2) collapsed to chance on a 10-class problem.
@@ -56,14 +58,25 @@ def no_warnings():
 # --- trained / reliability ----------------------------------------------------------------------
 
 
-def test_trained_is_at_least_one_and_a_half_times_chance_and_nan_is_not_trained():
-    # 10 classes: threshold 1.5 / 10 = 0.15
-    flags = trained([0.80, 0.10, 0.15, 0.1499, math.nan], num_classes=10)
+def test_trained_is_at_least_half_right_and_a_run_between_chance_and_that_stalled():
+    # 10 classes: died below 1.5 / 10 = 0.15, trained from 0.5, stalled in between
+    flags = trained([0.80, 0.10, 0.15, 0.1499, 0.4999, 0.50, math.nan], num_classes=10)
     assert flags.dtype == bool
-    assert flags.tolist() == [True, False, True, False, False]
+    assert flags.tolist() == [True, False, False, False, False, True, False]
+    assert outcomes([0.80, 0.10, 0.15, 0.1499, 0.4999, 0.50, math.nan], 10).tolist() == [
+        "trained",
+        "died",
+        "stalled",
+        "died",
+        "stalled",
+        "trained",
+        "died",
+    ]
     assert trained(VARIANT, 10).tolist() == [True, True, False, True, True]
-    # 2 classes: threshold 0.75
+    # 2 classes: 1.5x chance (0.75) is above 0.5, so it is the line, and no run can stall
     assert trained([0.74, 0.75], num_classes=2).tolist() == [False, True]
+    assert outcomes([0.74, 0.75], 2).tolist() == ["died", "trained"]
+    assert trained_from(10) == 0.5 and trained_from(2) == 0.75
 
 
 def test_trained_rejects_fewer_than_two_classes():
