@@ -379,7 +379,7 @@ LAYER_TYPES: tuple[str, ...] = tuple(LAYER_MODELS)
 Layer = Annotated[functools.reduce(operator.or_, LAYER_CLASSES), Field(discriminator="type")]
 
 
-# --- the reference for users (README.md holds a copy; a test keeps them equal) ----------------------
+# --- the reference for users (docs/variants.md holds a copy; a test keeps them equal) ---------------
 
 
 def _yaml_value(value: Any) -> str:

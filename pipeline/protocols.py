@@ -157,7 +157,11 @@ TUTORIAL_MORE = ("baseline", "transposed_bias0", "upsample_only", "resize_conv_b
 CONVERGE_MORE = ("baseline", "transposed", "resize_conv", "baseline_wide", "upsample_only")
 # pixel scaling: per dataset, every variant's share of trained runs with centred pixels against [0, 1]
 # pixels (Fisher's exact test, on the seeds both protocols ran), Holm-adjusted over the variants
-SCALING = {"Fashion-MNIST": ("tutorial-centered", "tutorial-unit"), "MNIST digits": ("digits-centered", "digits-unit")}
+# {name: (dataset, centred protocol, [0, 1] protocol)}
+SCALING = {
+    "fashion": ("Fashion-MNIST", "tutorial-centered", "tutorial-unit"),
+    "digits": ("MNIST digits", "digits-centered", "digits-unit"),
+}
 
 
 PROTOCOLS: dict[str, Protocol] = {

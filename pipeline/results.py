@@ -25,7 +25,7 @@ Tables go between marker comments, so the prose around them stays: `<!-- results
 - `PROTOCOL:stopping` (not in `PROTOCOL`'s list): in epochs, when each variant's runs stopped, early or
   at the cap (for protocols with early stopping);
 - `summary`: the README's short table, one row per protocol;
-- `scaling:DATASET`: the pixel-scaling family of a dataset of protocols.SCALING;
+- `scaling:NAME`: the pixel-scaling family of a dataset (NAME: a key of protocols.SCALING);
 - `families`: every family, stated (docs/protocol.md).
 """
 
@@ -385,7 +385,7 @@ def families_text() -> str:
         lines = [f"**`{protocol.name}`** ({protocol.title}).{more} Its family, {len(protocol.family)} comparisons:"]
         lines += [f"{n}. {comparison.label()}" for n, comparison in enumerate(protocol.family, 1)]
         parts.append("\n".join(lines))
-    for dataset, (centred, unit) in SCALING.items():
+    for dataset, centred, unit in SCALING.values():
         parts.append(
             f"**Pixel scaling, {dataset}** (`{centred}` against `{unit}`): every variant both ran, its share of"
             " runs that trained with centred pixels against [0, 1] pixels; one comparison per variant."
@@ -567,7 +567,7 @@ def render_tables(files: Sequence[Path], results_dir: Path, params: Params) -> d
             dataset = name.partition(":")[2]
             if dataset not in SCALING:
                 raise DataError(f"results:{name}: no dataset {dataset!r}; known: {', '.join(SCALING)}")
-            centred, unit = (results_of(p) for p in SCALING[dataset])
+            centred, unit = (results_of(p) for p in SCALING[dataset][1:])
             return None if centred is None or unit is None else _markdown(scaling_table(centred, unit))
         if name == "summary":
             available = {p: results_of(p) for p in PROTOCOLS}

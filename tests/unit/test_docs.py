@@ -124,3 +124,10 @@ def test_design_names_no_module_that_is_gone():
     named = set(re.findall(r"`(pipeline/[\w/]+\.py)`", DESIGN.read_text()))
     gone = sorted(name for name in named if not (ROOT / name).exists())
     assert gone == [], f"docs/design.md names modules that no longer exist: {gone}"
+
+
+def test_the_readme_is_one_screenful_of_essentials():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines: move details to docs/ (at most 150)"
+    for section in ("## Two commands", "## Results, in short", "## Changing a variant", "## When something goes wrong"):
+        assert section in lines, section

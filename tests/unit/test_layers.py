@@ -258,12 +258,12 @@ def test_reference_lists_every_type_with_its_parameters():
 START, END = "<!-- layer-types:start -->", "<!-- layer-types:end -->"
 
 
-def test_readme_layer_list_is_the_vocabulary():
-    lines = (ROOT / "README.md").read_text().splitlines()
+def test_variants_doc_layer_list_is_the_vocabulary():
+    lines = (ROOT / "docs" / "variants.md").read_text().splitlines()
     # the block is what users read for the layer types: without it the list cannot be checked, and fails
-    assert START in lines and END in lines, f"README.md has lost its {START} ... {END} block (the layer types)"
+    assert START in lines and END in lines, f"docs/variants.md has lost its {START} ... {END} block (the layer types)"
     block = "\n".join(lines[lines.index(START) + 1 : lines.index(END)])
     assert block.strip() == markdown_reference().strip(), (
-        "README.md's layer list is out of date: replace the lines between the markers with the output of"
+        "docs/variants.md's layer list is out of date: replace the lines between the markers with the output of"
         " `python -c 'from pipeline.layers import markdown_reference as m; print(m(), end=\"\")'`"
     )
