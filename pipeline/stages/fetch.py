@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from pipeline.config import load_params
-from pipeline.datasets import fetch_dataset, resolve_dataset
+from pipeline.datasets import resolve_dataset
+from pipeline.download import fetch_dataset
 from pipeline.models import check_variant
 from pipeline.runtime.stage import run_stage
 

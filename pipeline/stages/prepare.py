@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pipeline import paths, prepared
 from pipeline.config import load_params
-from pipeline.datasets import IDX_FILES, file_sha256, load_raw, resolve_dataset
+from pipeline.datasets import IDX_FILES, file_sha256, resolve_dataset
+from pipeline.idx import load_raw
 from pipeline.preparation import prepare
 from pipeline.runtime.stage import run_stage
 

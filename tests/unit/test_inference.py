@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.datasets import write_idx
 from pipeline.errors import ConfigError, DataError
+from pipeline.idx import write_idx
 from pipeline.inference import classifier
 from pipeline.prediction import (
     CSV_HEADER,
