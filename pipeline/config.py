@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 from pipeline.layers import LAYER_MODELS, LAYER_TYPES, Layer, PositiveInt, Strict  # Strict, LAYER_TYPES: API here too
+from pipeline.scaling import Scaling
 
 # --- variants: models as data, in the layer vocabulary of pipeline/layers.py -----------------------
 
@@ -25,9 +26,6 @@ class Variant(Strict):
 # --- sections --------------------------------------------------------------------------
 
 
-Scaling = Literal["centered", "unit"]
-
-
 class DataConfig(Strict):
     dataset: str = "mnist"
     mirrors: list[str] = Field(default_factory=list)
@@ -35,9 +33,7 @@ class DataConfig(Strict):
     validation_size: Annotated[int, Field(ge=0)] = 5000
     split_seed: int = 0
     timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
-    # pixels k = 0..255 to (k - 127.5) / 255 in [-0.5, 0.5] ("centered", the Udacity notebooks the
-    # tutorial builds on) or to k / 255 in [0, 1] ("unit")
-    scaling: Scaling = "centered"
+    scaling: Scaling = "centered"  # the map from raw pixels to a network's inputs: pipeline.scaling
 
 
 class TrainConfig(Strict):

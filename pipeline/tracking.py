@@ -558,7 +558,7 @@ class TrainingRun:
         its id); a failure here is a TrackingError that says the results are safe."""
         import mlflow
 
-        from pipeline.inference import pixels_from_scaled
+        from pipeline.scaling import pixels_from_scaled
 
         step = final_step(record)
         sample = data.x_valid[:2] if len(data.x_valid) else data.x_train[:2]

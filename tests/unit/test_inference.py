@@ -26,7 +26,7 @@ from pipeline.prediction import (
     predict_probabilities,
     read_images,
 )
-from pipeline.preparation import scale_pixels
+from pipeline.scaling import scale_pixels
 
 
 def pixels(n: int = 3, shape: tuple[int, int] = (28, 28), seed: int = 0) -> np.ndarray:
