@@ -12,7 +12,7 @@ from pipeline.prepared import Prepared
 from pipeline.scaling import scale_pixels
 
 if TYPE_CHECKING:
-    from pipeline.config import DataConfig
+    from pipeline.data_config import DataConfig
     from pipeline.datasets import Dataset
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from pipeline import paths, prepared
-from pipeline.config import DataConfig
+from pipeline.data_config import DataConfig
 from pipeline.datasets import IDX_FILES, file_sha256, resolve_dataset
 from pipeline.download import fetch_dataset
 from pipeline.idx import load_raw
