@@ -623,7 +623,7 @@ def training_params(variant: str, seed: int, params: Params, layers: Sequence[La
         "variant": variant,
         "seed": seed,
         "variant.layers": summarize_layers(spec),
-        "trainable_params": trainable_params(list(layers), spec),
+        "trainable_params": trainable_params(list(layers)),
         "flops_per_image": flops_per_image(list(layers)),
         **flatten("data", params.data.model_dump(exclude={"mirrors", "sha256"})),
         **flatten("train", params.train.model_dump(exclude={"seeds"})),
