@@ -29,12 +29,15 @@ RETRY_BACKOFF_S = 0.5
 
 @dataclass(frozen=True)
 class _Mirror:
+    """One entry of data.mirrors: an http(s) base URL or a local directory."""
+
     label: str  # as the user wrote it
     url: str | None = None  # http(s) base URL
     directory: Path | None = None  # local directory
 
 
 def _parse_mirror(mirror: str) -> _Mirror:
+    """A data.mirrors entry as a URL or an existing directory; a ConfigError naming what is accepted."""
     text = str(mirror).strip()
     if not text:
         raise ConfigError(f"data.mirrors: an empty mirror; each must be {_ACCEPTED}")
@@ -171,6 +174,8 @@ def _fetch_one(
     retries: int,
     progress: bool,
 ) -> None:
+    """One file from the mirrors in order, each copy staged and verified before it replaces `final`;
+    a FetchError listing every mirror's failure when none delivers it."""
     failures: list[str] = []
     for mirror in mirrors:
         part = staging / pinned.name

@@ -287,7 +287,7 @@ class Trainer:
 
 def data_tensors(x: np.ndarray | tf.Tensor, y: np.ndarray | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """The training images and int32 labels as tensors (tensors already: as they are). A stage that
-    trains several seeds copies its training set once (about 0.5 s for 55,000 images), not per seed."""
+    trains several seeds copies its training set once, not per seed (its cost: docs/performance.md)."""
     import tensorflow as tf
 
     return tf.convert_to_tensor(x), tf.cast(tf.convert_to_tensor(y), tf.int32)
@@ -418,7 +418,7 @@ def build_trainer(
 
     `previous`, the Trainer of the same variant's last seed, is restarted from the new model instead
     (`Trainer.restart`): the same values and the same compiled graphs, so the same results, without
-    tracing them again (about 0.5-1 s a seed).
+    tracing them again (what that saves: docs/performance.md).
     """
     from contextlib import nullcontext
 
