@@ -86,21 +86,24 @@ def format_validation_error(
     lines = [f"{source} is invalid:"]
     for err in exc.errors():
         loc = tuple(err["loc"])
-        where = key(loc) or "(top level)"
         msg = special(err, loc) if special is not None else None
-        if msg is not None:
-            pass
-        elif err["type"] == "extra_forbidden":
-            allowed = allowed_for(loc)
-            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            msg = f"  - {where}: unknown key"
-            if hint:
-                msg += f" (did you mean {hint[0]!r}?)"
-            if allowed:
-                msg += f"; allowed: {', '.join(allowed)}"
-        else:
-            value = err.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {value!r})"
-            msg = f"  - {where}: {err['msg']}{shown}"
+        if msg is None:
+            where = key(loc) or "(top level)"
+            if err["type"] == "extra_forbidden":
+                msg = _unknown_key(where, loc[-1], allowed_for(loc))
+            else:
+                value = err.get("input")
+                shown = "" if isinstance(value, dict) else f" (got {value!r})"
+                msg = f"  - {where}: {err['msg']}{shown}"
         lines.append(msg)
     return "\n".join(lines)
+
+
+def _unknown_key(where: str, name: Any, allowed: list[str]) -> str:
+    hint = difflib.get_close_matches(str(name), allowed, n=1)
+    msg = f"  - {where}: unknown key"
+    if hint:
+        msg += f" (did you mean {hint[0]!r}?)"
+    if allowed:
+        msg += f"; allowed: {', '.join(allowed)}"
+    return msg
