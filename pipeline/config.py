@@ -6,11 +6,13 @@ import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from pipeline import schema
+from pipeline.data_config import DataConfig
 from pipeline.errors import ConfigError
-from pipeline.layers import LAYER_MODELS, LAYER_TYPES, Layer, PositiveInt, Strict  # Strict, LAYER_TYPES: API here too
+from pipeline.layers import LAYER_MODELS, LAYER_TYPES, Layer  # LAYER_TYPES: API here too
+from pipeline.schema import PositiveInt, Strict
 
 # --- variants: models as data, in the layer vocabulary of pipeline/layers.py -----------------------
 
@@ -23,21 +25,6 @@ class Variant(Strict):
 
 
 # --- sections --------------------------------------------------------------------------
-
-
-Scaling = Literal["centered", "unit"]
-
-
-class DataConfig(Strict):
-    dataset: str = "mnist"
-    mirrors: list[str] = Field(default_factory=list)
-    sha256: dict[str, str] = Field(default_factory=dict)
-    validation_size: Annotated[int, Field(ge=0)] = 5000
-    split_seed: int = 0
-    timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
-    # pixels k = 0..255 to (k - 127.5) / 255 in [-0.5, 0.5] ("centered", the Udacity notebooks the
-    # tutorial builds on) or to k / 255 in [0, 1] ("unit")
-    scaling: Scaling = "centered"
 
 
 class TrainConfig(Strict):
@@ -97,15 +84,7 @@ class Params(Strict):
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for part in loc:
-        if isinstance(part, int):
-            parts.append(f"[{part}]")
-        elif part in LAYER_TYPES:
-            continue  # pydantic's discriminator tag, not a key the user wrote
-        else:
-            parts.append(("." if parts else "") + str(part))
-    return "".join(parts)
+    return schema.key_path(loc, skip=LAYER_TYPES)
 
 
 def _allowed_for(loc: tuple[Any, ...]) -> list[str]:
@@ -115,12 +94,7 @@ def _allowed_for(loc: tuple[Any, ...]) -> list[str]:
         return list(LAYER_MODELS[parent[-1]].model_fields)
     if len(parent) == 2 and parent[0] == "variants":
         return list(Variant.model_fields)
-    if len(parent) == 1 and parent[0] in Params.model_fields:
-        annotation = Params.model_fields[parent[0]].annotation
-        return list(getattr(annotation, "model_fields", {}))
-    if not parent:
-        return list(Params.model_fields)
-    return []
+    return schema.section_keys(Params, loc)
 
 
 def _key_without_bias(loc: tuple[Any, ...]) -> str | None:
@@ -136,57 +110,36 @@ def _key_without_bias(loc: tuple[Any, ...]) -> str | None:
     )
 
 
+def _layer_message(err: dict, loc: tuple[Any, ...]) -> str | None:
+    """The messages about layers: bias_init where there is no bias, an unknown or missing layer type;
+    None for any other error."""
+    key = _key_path(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return _key_without_bias(loc)
+    if err["type"] == "union_tag_invalid":
+        tag = err.get("input", {}).get("type") if isinstance(err.get("input"), dict) else None
+        hint = difflib.get_close_matches(str(tag), LAYER_TYPES, n=1)
+        msg = f"  - {key}.type: unknown layer type {tag!r}"
+        if hint:
+            msg += f" (did you mean {hint[0]!r}?)"
+        return msg + f"; allowed: {', '.join(LAYER_TYPES)}"
+    if err["type"] == "union_tag_not_found":
+        return f"  - {key}: a layer needs a 'type', one of: {', '.join(LAYER_TYPES)}"
+    return None
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source} is invalid:"]
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        key = _key_path(loc) or "(top level)"
-        if err["type"] == "extra_forbidden" and (no_bias := _key_without_bias(loc)):
-            msg = no_bias
-        elif err["type"] == "extra_forbidden":
-            allowed = _allowed_for(loc)
-            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            msg = f"  - {key}: unknown key"
-            if hint:
-                msg += f" (did you mean {hint[0]!r}?)"
-            if allowed:
-                msg += f"; allowed: {', '.join(allowed)}"
-        elif err["type"] == "union_tag_invalid":
-            tag = err.get("input", {}).get("type") if isinstance(err.get("input"), dict) else None
-            hint = difflib.get_close_matches(str(tag), LAYER_TYPES, n=1)
-            msg = f"  - {key}.type: unknown layer type {tag!r}"
-            if hint:
-                msg += f" (did you mean {hint[0]!r}?)"
-            msg += f"; allowed: {', '.join(LAYER_TYPES)}"
-        elif err["type"] == "union_tag_not_found":
-            msg = f"  - {key}: a layer needs a 'type', one of: {', '.join(LAYER_TYPES)}"
-        else:
-            value = err.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {value!r})"
-            msg = f"  - {key}: {err['msg']}{shown}"
-        lines.append(msg)
-    return "\n".join(lines)
+    return schema.format_validation_error(exc, source, key=_key_path, allowed_for=_allowed_for, special=_layer_message)
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate already-loaded YAML data."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source} must be a mapping of sections (data, train, evaluate, variants)")
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(schema.check_sections(raw, source))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read params.yaml with a safe loader and validate it."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path} not found: run from the project root, or pass --params") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_params(raw, str(path))
+    return parse_params(schema.read_yaml(path), str(Path(path)))

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.errors import ConfigError
-
-# data.scaling as a Keras Rescaling layer: x * scale + offset, the same map as preparation.scale_pixels
-_RESCALING = {"centered": (1.0 / 255.0, -0.5), "unit": (1.0 / 255.0, 0.0)}
+from pipeline.scaling import rescaling
 
 
 def classifier(network: Any, scaling: str, name: str = "classifier") -> Any:
@@ -24,9 +21,7 @@ def classifier(network: Any, scaling: str, name: str = "classifier") -> Any:
     """
     import keras
 
-    if scaling not in _RESCALING:
-        raise ConfigError(f"data.scaling must be one of {sorted(_RESCALING)}, got {scaling!r}")
-    scale, offset = _RESCALING[scaling]
+    scale, offset = rescaling(scaling)  # data.scaling's map (pipeline.scaling); checks the value
     shape = tuple(network.input_shape[1:])
     plain = shape[:-1] if shape[-1] == 1 else shape  # grayscale images as files hold them: no channel axis
     inputs = keras.Input(shape=plain, dtype="float32", name="pixels")
@@ -34,12 +29,3 @@ def classifier(network: Any, scaling: str, name: str = "classifier") -> Any:
     scaled = keras.layers.Rescaling(scale, offset=offset, name=f"scaling_{scaling}")(images)
     probabilities = keras.layers.Softmax(name="probabilities")(network(scaled, training=False))
     return keras.Model(inputs, probabilities, name=name)
-
-
-def pixels_from_scaled(scaled: Any, scaling: str) -> Any:
-    """The raw pixels (float32, 0-255) that `data.scaling` turned into `scaled`: the inverse map,
-    rounded. For an input example of the logged model, which takes raw pixels."""
-    import numpy as np
-
-    scale, offset = _RESCALING[scaling]
-    return np.clip(np.rint((np.asarray(scaled, np.float32) - offset) / scale), 0, 255).astype(np.float32)

@@ -17,22 +17,17 @@ import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from pipeline.schema import PositiveInt, Strict
 
 if TYPE_CHECKING:
     import keras
 
 Shape = tuple[int, ...]
-PositiveInt = Annotated[int, Field(gt=0)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Padding = Literal["same", "valid"]
 Activation = Literal["relu", "linear", "sigmoid", "tanh", "elu", "gelu", "softmax", None]
-
-
-class Strict(BaseModel):
-    """Base for every config model: frozen, unknown keys rejected."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)

@@ -62,11 +62,8 @@ def check_variant(name: str, variant: Variant, input_shape: Shape, num_classes: 
         raise ConfigError(f"variants.{name}: {exc}") from None
 
 
-def trainable_params(infos: list[LayerInfo], variant: Variant) -> int:
-    """Trainable parameter count (batch norm's moving statistics are not trainable).
-
-    `variant` is unused since each LayerInfo carries its count; kept for the callers' signature.
-    """
+def trainable_params(infos: list[LayerInfo]) -> int:
+    """Trainable parameter count (batch norm's moving statistics are not trainable)."""
     return sum(info.trainable_params for info in infos)
 
 

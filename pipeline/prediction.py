@@ -128,8 +128,8 @@ def _read_npy(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _read_idx(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """An IDX image file (pipeline.datasets.read_idx), N x H x W."""
-    from pipeline.datasets import read_idx
+    """An IDX image file (pipeline.idx.read_idx), N x H x W."""
+    from pipeline.idx import read_idx
 
     try:
         array = read_idx(path)

@@ -9,21 +9,11 @@ import numpy as np
 from pipeline.datasets import class_names
 from pipeline.errors import ConfigError, DataError
 from pipeline.prepared import Prepared
+from pipeline.scaling import scale_pixels
 
 if TYPE_CHECKING:
-    from pipeline.config import DataConfig
+    from pipeline.data_config import DataConfig
     from pipeline.datasets import Dataset
-
-
-def scale_pixels(images: np.ndarray, scaling: str) -> np.ndarray:
-    """uint8 pixels k to float32: (k - 127.5) / 255 in [-0.5, 0.5] ("centered", as the Udacity
-    notebooks the tutorial builds on) or k / 255 in [0, 1] ("unit")."""
-    pixels = images.astype(np.float32)
-    if scaling == "centered":
-        return (pixels - np.float32(127.5)) / np.float32(255.0)
-    if scaling == "unit":
-        return pixels / np.float32(255.0)
-    raise ConfigError(f"data.scaling must be 'centered' or 'unit', got {scaling!r}")
 
 
 def _images(images: np.ndarray, name: str, scaling: str) -> np.ndarray:
@@ -50,7 +40,7 @@ def prepare_arrays(
     seed: int,
     scaling: str,
 ) -> dict[str, np.ndarray]:
-    """Scale images to float32 (see scale_pixels) shaped N x H x W x 1, labels to int32, and hold
+    """Scale images to float32 (data.scaling: pipeline.scaling) shaped N x H x W x 1, labels to int32, and hold
     out a seeded random validation_size rows of the training set as the validation split.
 
     Rows keep their original order within each split; only membership depends on the seed.

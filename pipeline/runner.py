@@ -104,7 +104,7 @@ class Runner:
                 "run_id": run.run_id,
                 "experiment_id": run.experiment_id,
                 "run_key": key,
-                **training.run_record(result, config, spec, layers),
+                **training.run_record(result, config, layers),
                 "data_scaling": data.scaling,  # what `python -m pipeline predict` scales a file's pixels with
                 "peak_memory_mb": stage_peak_memory_mb(),
             }

@@ -558,7 +558,7 @@ class TrainingRun:
         its id); a failure here is a TrackingError that says the results are safe."""
         import mlflow
 
-        from pipeline.inference import pixels_from_scaled
+        from pipeline.scaling import pixels_from_scaled
 
         step = final_step(record)
         sample = data.x_valid[:2] if len(data.x_valid) else data.x_train[:2]
@@ -623,7 +623,7 @@ def training_params(variant: str, seed: int, params: Params, layers: Sequence[La
         "variant": variant,
         "seed": seed,
         "variant.layers": summarize_layers(spec),
-        "trainable_params": trainable_params(list(layers), spec),
+        "trainable_params": trainable_params(list(layers)),
         "flops_per_image": flops_per_image(list(layers)),
         **flatten("data", params.data.model_dump(exclude={"mirrors", "sha256"})),
         **flatten("train", params.train.model_dump(exclude={"seeds"})),

@@ -266,6 +266,11 @@ class Trainer:
         return time.perf_counter() - start
 
     @property
+    def train_size(self) -> int:
+        """How many training examples the steps draw their batches from."""
+        return len(self._y)
+
+    @property
     def predict(self) -> Callable:
         """The model's logits for a batch of images, compiled once (validation and testing share it)."""
         return self._predict
@@ -282,7 +287,7 @@ class Trainer:
 
 def data_tensors(x: np.ndarray | tf.Tensor, y: np.ndarray | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """The training images and int32 labels as tensors (tensors already: as they are). A stage that
-    trains several seeds copies its training set once (about 0.5 s for 55,000 images), not per seed."""
+    trains several seeds copies its training set once, not per seed (its cost: docs/performance.md)."""
     import tensorflow as tf
 
     return tf.convert_to_tensor(x), tf.cast(tf.convert_to_tensor(y), tf.int32)
@@ -333,7 +338,7 @@ def train(
     x_valid, y_valid = np.array(x_valid), np.array(y_valid)  # in memory (may be mapped): read every validation
     result = TrainResult()
     result.trace_seconds = trainer.trace()
-    order = batch_order(len(trainer._y), config.batch_size, config.steps, seed)
+    order = batch_order(trainer.train_size, config.batch_size, config.steps, seed)
     # chunk boundaries: after step 0, then every validation_every steps, then the rest
     bounds = sorted({0, *range(1, config.steps, config.validation_every), config.steps})
     best, best_weights, since_best = -1.0, None, 0
@@ -413,7 +418,7 @@ def build_trainer(
 
     `previous`, the Trainer of the same variant's last seed, is restarted from the new model instead
     (`Trainer.restart`): the same values and the same compiled graphs, so the same results, without
-    tracing them again (about 0.5-1 s a seed).
+    tracing them again (what that saves: docs/performance.md).
     """
     from contextlib import nullcontext
 
@@ -468,7 +473,7 @@ def progress_printer(name: str, config: TrainConfig) -> ProgressFn:
     return show
 
 
-def run_record(result: TrainResult, config: TrainConfig, spec: Variant, layers: list[LayerInfo]) -> dict:
+def run_record(result: TrainResult, config: TrainConfig, layers: list[LayerInfo]) -> dict:
     """What run.json keeps of a training run besides its identity: steps, outcome, timings, size."""
     from pipeline.models import flops_per_image, trainable_params
 
@@ -482,6 +487,6 @@ def run_record(result: TrainResult, config: TrainConfig, spec: Variant, layers: 
         "validation_seconds": result.validation_seconds,
         "train_images_per_second": result.images_per_second(config.batch_size),
         "threads": config.threads,
-        "trainable_params": trainable_params(layers, spec),
+        "trainable_params": trainable_params(layers),
         "flops_per_image": flops_per_image(layers),
     }

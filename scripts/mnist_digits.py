@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python scripts/mnist_digits.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from pipeline import datasets  # noqa: E402
-from pipeline.datasets import IDX_FILES, PinnedFile, file_sha256, read_idx, write_idx  # noqa: E402
+from pipeline.datasets import DATASETS, IDX_FILES, PinnedFile, file_sha256, pin_mismatch  # noqa: E402
 from pipeline.errors import DataError  # noqa: E402
+from pipeline.idx import read_idx, write_idx  # noqa: E402
 
 DATASET = "mnist_t10k_split"  # data.dataset: says what it is, never to be mistaken for full MNIST
 SOURCE = Path("../shared/data/mnist")
@@ -39,7 +39,7 @@ SOURCE_FILES = (IDX_FILES["test_images"], IDX_FILES["test_labels"])
 
 def mnist_pins() -> dict[str, PinnedFile]:
     """The canonical MNIST t10k files' pins, as pipeline/datasets.py registers them."""
-    return {pin.name: pin for pin in datasets.DATASETS["mnist"].files if pin.name in SOURCE_FILES}
+    return {pin.name: pin for pin in DATASETS["mnist"].files if pin.name in SOURCE_FILES}
 
 
 def split(images: np.ndarray, labels: np.ndarray, seed: int, test_size: int = TEST_SIZE) -> dict[str, np.ndarray]:
@@ -69,7 +69,7 @@ def build(
         path = Path(source) / name
         if not path.is_file():
             raise DataError(f"{path}: not found; --source must hold {' and '.join(SOURCE_FILES)}")
-        if problem := datasets._check(path, pins[name]):  # the fetch stage's own check
+        if problem := pin_mismatch(path, pins[name]):  # the fetch stage's own check
             raise DataError(f"{path}: {problem}: not the canonical MNIST file")
     images = read_idx(Path(source) / IDX_FILES["test_images"])
     labels = read_idx(Path(source) / IDX_FILES["test_labels"])

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import IDX_FILES, file_sha256, write_idx
+from pipeline.datasets import IDX_FILES, file_sha256
+from pipeline.idx import write_idx
 
 # How the fault routes misbehave; GET /<route>/<file name>.
 ROUTES = ("good", "missing", "error", "stall", "truncated", "corrupt", "loop")

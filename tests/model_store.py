@@ -29,7 +29,7 @@ def train_network(scaling: str, seed: int = 0, n: int = 1000) -> Any:
     pipeline scales them (`data.scaling`)."""
     import keras
 
-    from pipeline.preparation import scale_pixels
+    from pipeline.scaling import scale_pixels
 
     keras.utils.set_random_seed(seed)
     images, labels = learnable_images(n, np.random.default_rng(seed))

@@ -271,7 +271,8 @@ def write_prepared(directory: Path, n: int = 400, *, dataset: str = "tiny", seed
 def write_idx_mirror(mirror: Path, arrays: Sequence[Any]) -> dict[str, str]:
     """A local mirror for data.mirrors: the four IDX files of `arrays` (train images, train labels,
     test images, test labels) in `mirror`; returns their data.sha256 pins {file name: SHA-256}."""
-    from pipeline.datasets import IDX_FILES, file_sha256, write_idx
+    from pipeline.datasets import IDX_FILES, file_sha256
+    from pipeline.idx import write_idx
 
     mirror.mkdir(parents=True, exist_ok=True)
     for key, array in zip(IDX_FILES, arrays, strict=True):

@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 from pipeline import paths, prepared
-from pipeline.config import DataConfig
-from pipeline.datasets import IDX_FILES, fetch_dataset, file_sha256, load_raw, resolve_dataset
+from pipeline.data_config import DataConfig
+from pipeline.datasets import IDX_FILES, file_sha256, resolve_dataset
+from pipeline.download import fetch_dataset
+from pipeline.idx import load_raw
 from pipeline.preparation import prepare
 
 GRID_DATA = Path("data/grid")

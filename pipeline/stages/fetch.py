@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.config import load_params
-from pipeline.datasets import fetch_dataset, resolve_dataset
-from pipeline.models import check_variant
+from pipeline.data_config import load_data_config
+from pipeline.datasets import resolve_dataset
+from pipeline.download import fetch_dataset
 from pipeline.runtime.stage import run_stage
 
 
@@ -18,12 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no download progress bars")
     args = parser.parse_args(argv)
 
-    params = load_params(args.params)
-    data = params.data
+    data = load_data_config(args.params)  # the data section only: the variants are the train stage's to check
     dataset = resolve_dataset(data.dataset, data.sha256)
-    if dataset.classes:  # registered datasets are 28x28 grey images: check every variant before downloading
-        for name, variant in params.variants.items():
-            check_variant(name, variant, (28, 28, 1), len(dataset.classes))
     dest = args.out / dataset.name
     paths = fetch_dataset(dataset, data.mirrors, dest, timeout=data.timeout_seconds, progress=not args.no_progress)
     total = sum(p.stat().st_size for p in paths.values())

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from pipeline import paths, prepared
-from pipeline.config import load_params
-from pipeline.datasets import IDX_FILES, file_sha256, load_raw, resolve_dataset
+from pipeline.data_config import load_data_config
+from pipeline.datasets import IDX_FILES, file_sha256, resolve_dataset
+from pipeline.idx import load_raw
 from pipeline.preparation import prepare
 from pipeline.runtime.stage import run_stage
 
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=paths.PREPARED, type=Path, help=f"output root (default: {paths.PREPARED})")
     args = parser.parse_args(argv)
 
-    config = load_params(args.params).data
+    config = load_data_config(args.params)
     dataset = resolve_dataset(config.dataset, config.sha256)
     raw_dir = paths.raw_dir(dataset.name, args.raw)
     raw = load_raw(raw_dir, dataset)  # names a missing or corrupt file

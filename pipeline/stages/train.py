@@ -23,13 +23,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    spec, config = params.variant(args.variant, source=args.params), params.train
+    params.variant(args.variant, source=args.params)  # an unknown --variant is named, with a "did you mean"
+    config = params.train
     training.set_threads(config.threads)  # before any TensorFlow op, as the strategy below
     strategy = training.make_strategy(config.distribution)
     if not training.is_chief():
         tracking.use_scratch_store()  # other workers train in lockstep; only the chief logs to MLflow
     data = prepared.load(args.data)
-    models.check_variant(args.variant, spec, data.input_shape, data.num_classes)
+    for name, variant in params.variants.items():  # every variant: a bad one stops the first stage, before any training
+        models.check_variant(name, variant, data.input_shape, data.num_classes)
     experiment_id = tracking.connect()  # fails fast when a tracking server is down
     runner = Runner(params, data, experiment_id, strategy=strategy)
     outputs = OutputRoots(args.models, args.metrics, args.plots)

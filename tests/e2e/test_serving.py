@@ -20,7 +20,7 @@ from model_store import NAME, RUN_NAME, learnable_images, tracking_store, train_
 from PIL import Image
 from support import BIN, ROOT, SHARED, clean_env, free_port, kill_group, run, wait_for_server
 
-from pipeline.datasets import read_idx, write_idx
+from pipeline.idx import read_idx, write_idx
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import yaml
-from support import ROOT
+from support import ROOT, arg_value, clean_env, stage_args, stage_command, stage_outs, write_prepared
 
 SHIPPED = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -23,21 +23,34 @@ def fetch_with(raw: dict, tmp_path) -> subprocess.CompletedProcess:
 
 def test_a_stage_reports_a_bad_param_without_a_traceback(tmp_path):
     raw = copy.deepcopy(SHIPPED)
-    raw["train"]["stepz"] = 3
+    raw["data"]["scalling"] = "unit"
     result = fetch_with(raw, tmp_path)
     assert result.returncode == 2
-    assert "error:" in result.stderr and "train.stepz: unknown key" in result.stderr
-    assert "did you mean 'steps'?" in result.stderr
+    assert "error:" in result.stderr and "data.scalling: unknown key" in result.stderr
+    assert "did you mean 'scaling'?" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "raw").exists()
 
 
-def test_a_variant_whose_shapes_cannot_work_is_rejected_before_any_download(tmp_path):
+def test_a_variant_whose_shapes_cannot_work_stops_the_first_train_stage_before_any_training(tmp_path):
+    """Every train stage checks every variant, so a bad one stops `dvc repro` at its first training
+    stage, whichever variant that trains; fetch and prepare do not read the variants."""
     raw = copy.deepcopy(SHIPPED)
     raw["variants"]["transposed"]["layers"].insert(2, {"type": "dense", "units": 8})  # before flatten
-    result = fetch_with(raw, tmp_path)
-    assert result.returncode == 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    write_prepared(tmp_path / arg_value(stage_args("train", raw, variant="baseline"), "--data"))
+    result = subprocess.run(
+        stage_command("train", raw, variant="baseline"),
+        cwd=tmp_path,
+        env=clean_env(PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
     # the third layer of the list is "layer 3": counted from 1, as users count
     assert "error: variants.transposed: layer 3 (dense): dense needs a flat input" in result.stderr
     assert "add {type: flatten} before it" in result.stderr
-    assert not (tmp_path / "raw").exists()
+    assert "Traceback" not in result.stderr
+    assert not any((tmp_path / out).exists() for out in stage_outs("train", raw, variant="baseline"))
+    assert not (tmp_path / "mlflow.db").exists()

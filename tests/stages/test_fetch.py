@@ -12,8 +12,9 @@ import yaml
 from idx_server import IdxServer, make_idx_dataset
 from support import ROOT, clean_env
 
-from pipeline import datasets
-from pipeline.datasets import IDX_FILES, fetch_dataset, file_sha256, resolve_dataset
+from pipeline import download
+from pipeline.datasets import IDX_FILES, file_sha256, resolve_dataset
+from pipeline.download import fetch_dataset
 from pipeline.errors import ConfigError, FetchError
 
 NAMES = list(IDX_FILES.values())
@@ -30,7 +31,7 @@ STALL_FOREVER = 24 * 3600.0
 
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch):
-    monkeypatch.setattr(datasets, "RETRY_BACKOFF_S", 0.0)
+    monkeypatch.setattr(download, "RETRY_BACKOFF_S", 0.0)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from model_store import NAME, RUN_NAME, learnable_images, log_champion, tracking
 from PIL import Image
 from support import ROOT, clean_env, free_port, kill_group, run
 
-from pipeline.datasets import write_idx
+from pipeline.idx import write_idx
 
 TIMEOUT = 180
 

@@ -9,6 +9,7 @@ import yaml
 from support import ROOT
 
 from pipeline.config import LAYER_TYPES, load_params, parse_params
+from pipeline.data_config import load_data_config
 from pipeline.errors import ConfigError
 
 SHIPPED = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -92,3 +93,42 @@ def test_an_unknown_variant_name_gets_a_did_you_mean():
         params.variant("zzz")
     assert "did you mean" not in str(err.value)
     assert params.variant("transposed") is params.variants["transposed"]
+
+
+# --- the data section alone (pipeline.data_config): what fetch and prepare read --------------------
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda r: r["data"].update(scalin="unit"),
+        lambda r: r["data"].update(scaling="minmax"),
+        lambda r: r["data"].update(validation_size=-1, split_seed="x"),
+        lambda r: r.update(data=5),
+        lambda r: r.pop("data"),
+        lambda r: None,
+    ],
+)
+def test_the_data_section_alone_reads_as_in_the_whole_file(tmp_path, edit):
+    raw = copy.deepcopy(SHIPPED)
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    outcomes = []
+    for load in (lambda: load_params(path).data, lambda: load_data_config(path)):
+        try:
+            outcomes.append(load())
+        except ConfigError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_the_data_section_alone_does_not_read_the_other_sections(tmp_path):
+    raw = copy.deepcopy(SHIPPED)
+    raw["train"]["stepz"] = 3
+    raw["variants"]["baseline"]["layers"][0]["type"] = "deconv"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_data_config(path) == parse_params(SHIPPED).data
+    with pytest.raises(ConfigError, match="train.stepz: unknown key"):
+        load_params(path)

@@ -11,17 +11,9 @@ import pytest
 from idx_server import make_idx_dataset
 from support import SHARED
 
-from pipeline.datasets import (
-    DATASETS,
-    IDX_FILES,
-    class_names,
-    file_sha256,
-    load_raw,
-    read_idx,
-    resolve_dataset,
-    write_idx,
-)
+from pipeline.datasets import DATASETS, IDX_FILES, class_names, file_sha256, resolve_dataset
 from pipeline.errors import ConfigError, DataError
+from pipeline.idx import load_raw, read_idx, write_idx
 
 REAL_MNIST = SHARED / "data" / "mnist"
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -230,7 +222,7 @@ def test_real_mnist_matches_pins_and_parses():
 
 @pytest.mark.skipif(not REAL_FASHION.is_dir(), reason=f"no Fashion-MNIST at {REAL_FASHION}")
 def test_real_fashion_mnist_matches_content_pins(tmp_path):
-    from pipeline.datasets import fetch_dataset
+    from pipeline.download import fetch_dataset
 
     dataset = DATASETS["fashion_mnist"]
     fetch_dataset(dataset, [str(REAL_FASHION)], tmp_path, progress=False)  # verifies each file

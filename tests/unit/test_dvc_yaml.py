@@ -90,6 +90,14 @@ def test_stage_lists_exactly_the_project_code_it_runs(name):
     assert not listed - needed, f"{name}: deps in dvc.yaml it does not import: {sorted(listed - needed)}"
 
 
+@pytest.mark.parametrize("name", ["fetch", "prepare"])
+def test_the_data_stages_do_not_depend_on_the_models(name):
+    """Editing the layer vocabulary, the model code or the other sections' models reruns training,
+    not the download and the preparation of the data."""
+    code = project_imports(stage_module(STAGES[name]))
+    assert not code & {"pipeline/layers.py", "pipeline/models.py", "pipeline/config.py"}, sorted(code)
+
+
 def test_the_import_scan_sees_lazy_imports_and_skips_type_checking(tmp_path, monkeypatch):
     """The scan itself: an import inside a function counts, one under TYPE_CHECKING does not."""
     source = (

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.datasets import write_idx
 from pipeline.errors import ConfigError, DataError
+from pipeline.idx import write_idx
 from pipeline.inference import classifier
 from pipeline.prediction import (
     CSV_HEADER,
@@ -26,7 +26,7 @@ from pipeline.prediction import (
     predict_probabilities,
     read_images,
 )
-from pipeline.preparation import scale_pixels
+from pipeline.scaling import scale_pixels
 
 
 def pixels(n: int = 3, shape: tuple[int, int] = (28, 28), seed: int = 0) -> np.ndarray:

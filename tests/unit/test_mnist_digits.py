@@ -10,17 +10,10 @@ import pytest
 from support import ROOT
 
 from pipeline.config import parse_params
-from pipeline.datasets import (
-    IDX_FILES,
-    PinnedFile,
-    fetch_dataset,
-    file_sha256,
-    load_raw,
-    read_idx,
-    resolve_dataset,
-    write_idx,
-)
+from pipeline.datasets import IDX_FILES, PinnedFile, file_sha256, resolve_dataset
+from pipeline.download import fetch_dataset
 from pipeline.errors import DataError
+from pipeline.idx import load_raw, read_idx, write_idx
 
 _spec = importlib.util.spec_from_file_location("mnist_digits", ROOT / "scripts" / "mnist_digits.py")
 mnist_digits = importlib.util.module_from_spec(_spec)

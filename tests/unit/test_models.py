@@ -77,19 +77,19 @@ def test_flops_and_params_against_hand_counts(shipped):
     infos = describe(shipped.variants["baseline"], SHAPE, 10)
     assert flops_per_image(infos) == 156_800 + 627_200 + 100_352 + 1_280
     # params: 25*16+16 = 416; 25*16*16+16 = 6,416; 784*64+64 = 50,240; 64*10+10 = 650
-    assert trainable_params(infos, shipped.variants["baseline"]) == 416 + 6_416 + 50_240 + 650
+    assert trainable_params(infos) == 416 + 6_416 + 50_240 + 650
     # transposed: conv1 156,800; conv_transpose scatters 5*5*16 per input pixel and input channel:
     #             2*25*16*16*14*14 = 2,508,800; dense 2*12544*64 = 1,605,632; dense 1,280
     infos = describe(shipped.variants["transposed"], SHAPE, 10)
     assert flops_per_image(infos) == 156_800 + 2_508_800 + 1_605_632 + 1_280
-    assert trainable_params(infos, shipped.variants["transposed"]) == 416 + 6_416 + 802_880 + 650
+    assert trainable_params(infos) == 416 + 6_416 + 802_880 + 650
 
 
 def test_batch_norm_moving_statistics_are_not_trainable():
     spec = variant({"type": "conv", "filters": 4, "kernel_size": 3}, {"type": "batch_norm"}, *HEAD)
     infos = describe(spec, SHAPE, 10)
     model = build_model(spec, SHAPE, 10)
-    assert trainable_params(infos, spec) == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable_params(infos) == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
 def test_summary_line(shipped):
@@ -115,7 +115,7 @@ def test_a_variant_with_every_layer_type_builds_as_described():
     assert [tuple(layer.output.shape[1:]) for layer in model.layers[1:]] == [i.output_shape for i in infos]
     assert infos[4].output_shape == (13, 13, 3)
     assert model.count_params() == sum(i.params for i in infos)
-    assert trainable_params(infos, spec) == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable_params(infos) == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     assert summarize_layers(spec) == (
         "conv4k3s1 > batch_norm > max_pool > conv_transpose3k3s2 > avg_pool > upsample2n > dropout0.2 > flatten"
         " > dense10"

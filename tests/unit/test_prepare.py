@@ -7,7 +7,7 @@ import pytest
 from idx_server import make_idx_dataset
 
 from pipeline.errors import ConfigError
-from pipeline.preparation import prepare_arrays, scale_pixels
+from pipeline.preparation import prepare_arrays
 
 
 @pytest.fixture
@@ -83,31 +83,6 @@ def test_validation_size_must_leave_training_rows(raw, size):
         split(raw, validation_size=size)
 
 
-# every pixel value 0..255 and what each data.scaling makes of it, exactly (float32 arithmetic)
-PIXELS = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
-
-
-def test_unit_scaling_is_k_over_255_exactly():
-    scaled = scale_pixels(PIXELS, "unit")
-    assert scaled.dtype == np.float32
-    assert scaled[0, 0, 0] == 0.0 and scaled[0, -1, -1] == 1.0
-    assert scaled.ravel()[51] == np.float32(51) / np.float32(255) == np.float32(0.2)
-    np.testing.assert_array_equal(scaled.ravel(), np.arange(256, dtype=np.float32) / np.float32(255))
-
-
-def test_centered_scaling_is_k_minus_127_5_over_255_exactly():
-    """The Udacity notebooks' (pixel - pixel_depth / 2) / pixel_depth with pixel_depth 255."""
-    scaled = scale_pixels(PIXELS, "centered")
-    assert scaled.dtype == np.float32
-    assert scaled[0, 0, 0] == -0.5 and scaled[0, -1, -1] == 0.5
-    assert scaled.ravel()[127] == np.float32(-0.5 / 255) and scaled.ravel()[128] == np.float32(0.5 / 255)
-    np.testing.assert_array_equal(
-        scaled.ravel(), (np.arange(256, dtype=np.float32) - np.float32(127.5)) / np.float32(255)
-    )
-    # symmetric about zero: pixel k and 255 - k map to opposite values
-    np.testing.assert_array_equal(scaled.ravel(), -scaled.ravel()[::-1])
-
-
 def test_prepared_splits_follow_data_scaling(raw):
     unit, centered = split(raw, scaling="unit"), split(raw, scaling="centered")
     for key in ("x_train", "x_valid", "x_test"):
@@ -115,8 +90,3 @@ def test_prepared_splits_follow_data_scaling(raw):
     assert centered["x_test"].min() == -0.5 and centered["x_test"].max() == 0.5
     for key in ("y_train", "y_valid", "y_test"):  # the split itself does not depend on the scaling
         np.testing.assert_array_equal(centered[key], unit[key])
-
-
-def test_an_unknown_scaling_is_a_config_error():
-    with pytest.raises(ConfigError, match="data.scaling must be 'centered' or 'unit', got 'minmax'"):
-        scale_pixels(PIXELS, "minmax")
