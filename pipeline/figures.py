@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
-from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import AutoMinorLocator, MaxNLocator
+
+from pipeline.confusion_figure import check_matrix, draw_confusion
 
 
 def _color(i: int):
@@ -284,41 +285,9 @@ def learning_curves_figure(
     return fig
 
 
-_GAMMA = 0.5
-
-
-def _row_normalised(matrix: np.ndarray) -> np.ndarray:
-    counts = np.asarray(matrix, dtype=float)
-    totals = counts.sum(axis=1, keepdims=True)
-    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-
-
-def _check_matrix(matrix: np.ndarray, classes: Sequence[str], name: str) -> np.ndarray:
-    matrix = np.asarray(matrix)
-    k = len(classes)
-    if matrix.shape != (k, k):
-        raise ValueError(f"confusion matrix of {name} has shape {matrix.shape}, expected ({k}, {k})")
-    return matrix
-
-
 def _accuracy(matrix: np.ndarray) -> float:
     total = matrix.sum()
     return float(np.trace(matrix) / total) if total else math.nan
-
-
-def _draw_confusion(fig: Figure, ax, matrix: np.ndarray, classes: Sequence[str], title: str) -> None:
-    # A square-root colour scale: at MNIST accuracies the off-diagonal fractions (~0.01) would
-    # otherwise be indistinguishable from white.
-    norm = PowerNorm(gamma=_GAMMA, vmin=0, vmax=1)
-    image = ax.imshow(_row_normalised(matrix), cmap="Blues", norm=norm, interpolation="nearest")
-    ticks = np.arange(len(classes))
-    ax.set_xticks(ticks, labels=[str(c) for c in classes], rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(ticks, labels=[str(c) for c in classes])
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
-    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class (sqrt scale)")
-    colorbar.set_ticks([0, 0.01, 0.05, 0.1, 0.25, 0.5, 1], labels=["0", "0.01", "0.05", "0.1", "0.25", "0.5", "1"])
 
 
 def confusion_matrices_figure(
@@ -336,38 +305,15 @@ def confusion_matrices_figure(
     fig = Figure(figsize=(4.8 * ncols, 4.6 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (variant, matrix) in zip(axes, matrices.items(), strict=False):
-        matrix = _check_matrix(matrix, classes, variant)
+        matrix = check_matrix(matrix, classes, variant)
         accuracy = _accuracy(matrix)
         heading = variant if math.isnan(accuracy) else f"{variant} (pooled accuracy {accuracy * 100:.2f}%)"
         if variant in notes:
             heading += f"\n{notes[variant]}"
-        _draw_confusion(fig, ax, matrix, classes, heading)
+        draw_confusion(fig, ax, matrix, classes, heading)
     for ax in axes[n:]:
         ax.remove()
     fig.suptitle(title)
-    return fig
-
-
-def confusion_matrix_figure(matrix: np.ndarray, classes: Sequence[str], title: str) -> Figure:
-    """One confusion matrix, coloured by row-normalised fraction, with the counts written in the cells."""
-    matrix = _check_matrix(matrix, classes, title)
-    k = len(classes)
-    side = max(5.0, 0.55 * k + 2.5)
-    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
-    ax = fig.add_subplot()
-    _draw_confusion(fig, ax, matrix, classes, title)
-    fractions = _row_normalised(matrix)
-    fontsize = 9 if k <= 10 else 7
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(
-            j,
-            i,
-            f"{int(count):,}" if float(count).is_integer() else f"{count:.3g}",
-            ha="center",
-            va="center",
-            fontsize=fontsize,
-            color="white" if fractions[i, j] ** _GAMMA > 0.6 else "black",
-        )
     return fig
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import artifacts, evaluation, models, paths, tracking, training
-from pipeline.figures import confusion_matrix_figure
+from pipeline.confusion_figure import confusion_matrix_figure
 from pipeline.runtime.stage import stage_peak_memory_mb
 
 if TYPE_CHECKING:

@@ -11,13 +11,13 @@ import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 
+from pipeline.confusion_figure import confusion_matrix_figure
 from pipeline.figures import (
     DEAD_CHANNEL,
     ZERO_PANEL,
     accuracy_vs_time_figure,
     clipped_sd,
     confusion_matrices_figure,
-    confusion_matrix_figure,
     feature_maps_figure,
     learning_curves_figure,
 )
