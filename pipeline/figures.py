@@ -75,11 +75,11 @@ def accuracy_vs_time_figure(
     the mean of its trained runs and, where some did not train, the mean over all its runs (the
     summary table's), which mixes the two groups.
 
-    ``summary``: reporting.summarize's rows (variant, n_seeds, trained_runs, test_accuracy_mean);
+    ``summary``: summary_numbers.summarize's rows (variant, n_seeds, trained_runs, test_accuracy_mean);
     ``runs``: one row per run (variant, test_accuracy, train_seconds); ``trained`` flags each row of
     ``runs`` (statistics.trained); ``intervals``: per variant with a run that trained, the mean of
     those runs' test accuracy and its interval at ``confidence`` (attributes mean, low, high, as
-    fractions: reporting.trained_accuracy).
+    fractions: pooled.trained_accuracy).
     """
     trained = np.asarray(trained, dtype=bool)
     accuracy = runs["test_accuracy"].to_numpy(dtype=float) * 100
@@ -192,14 +192,14 @@ def learning_curves_figure(
 ) -> Figure:
     """Every run as a thin line (dashed: a run that did not train), and each variant's mean over its
     runs that trained as a thick line in a band of mean ± sd clipped to those runs' range: the very
-    numbers of the `dvc plots` curve (reporting.learning_curves, reporting.curve_table). A
+    numbers of the `dvc plots` curve (pooled.learning_curves, pooled.curve_table). A
     percentage runs on 0-100; any other metric (the loss) on a log scale whose range is set by the
     runs that trained, so a run that diverged (a loss of 1e21, or NaN) is drawn at the top edge and
     marked with a triangle where it leaves the axis instead of flattening every other curve.
 
-    ``runs``: long form with columns variant, seed, step, value (reporting.run_curves); ``trained``
+    ``runs``: long form with columns variant, seed, step, value (pooled.run_curves); ``trained``
     flags each (variant, seed); ``curves``: variant, step, mean, low, high, n over the trained runs
-    (reporting.learning_curves).
+    (pooled.learning_curves).
     """
     fig = Figure(figsize=(11.5, 5.2), layout="constrained")
     ax = fig.add_subplot()

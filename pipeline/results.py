@@ -17,7 +17,7 @@ Tables go between marker comments, so the prose around them stays: `<!-- results
 - `PROTOCOL`: everything below for that protocol, in order;
 - `PROTOCOL:command`: the commands that produced its CSV;
 - `PROTOCOL:family`: its Holm family (protocols.Protocol.family), the comparisons its verdict cites;
-- `PROTOCOL:vs-VARIANT`: the summary table against VARIANT (reporting.summary_table_markdown);
+- `PROTOCOL:vs-VARIANT`: the summary table against VARIANT (summary_text.summary_table_markdown);
 - `PROTOCOL:dead-runs`: the runs that did not train;
 - `PROTOCOL:step0`: the loss at step 0 of the runs that trained and of those that died, and where runs stopped;
 - `PROTOCOL:rescue`: each variant against its `_bias0` twin (biases 0 where the tutorial's are 1.0),
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipeline import reporting, statistics
+from pipeline import statistics, summary_numbers, summary_text
 from pipeline.errors import DataError
 from pipeline.protocols import (
     GRID_SETTINGS,
@@ -84,7 +84,7 @@ RESULT_COLUMNS = [
     "train_seconds",
     *(
         c
-        for c in reporting.RUN_COLUMNS
+        for c in summary_numbers.RUN_COLUMNS
         if c not in ("variant", "seed", "test_accuracy", "test_loss", "val_accuracy", "train_seconds")
     ),
     "threads",  # train.threads; empty in CSVs made before it existed (TensorFlow's default: one per core)
@@ -169,7 +169,7 @@ def _runs(results: pd.DataFrame) -> pd.DataFrame:
         {key: (None if _missing(v) or v is pd.NA else v) for key, v in record.items()}
         for record in results.to_dict("records")
     ]
-    return reporting.runs_table(records, variant_order=list(dict.fromkeys(results["variant"])))
+    return summary_numbers.runs_table(records, variant_order=list(dict.fromkeys(results["variant"])))
 
 
 def comparison_table(results: pd.DataFrame, reference: str) -> str:
@@ -177,17 +177,17 @@ def comparison_table(results: pd.DataFrame, reference: str) -> str:
     trained share, Fisher's exact p, bootstrap intervals, Holm-adjusted sign-flip p, if both trained)."""
     if reference not in set(results["variant"]):
         raise DataError(f"no variant {reference!r} in these results")
-    summary = reporting.summarize(_runs(results), NUM_CLASSES, baseline=reference)
-    return reporting.summary_table_markdown(summary)
+    summary = summary_numbers.summarize(_runs(results), NUM_CLASSES, baseline=reference)
+    return summary_text.summary_table_markdown(summary)
 
 
 def dead_runs(results: pd.DataFrame) -> str:
-    """The runs that did not train, one bullet each (reporting's list)."""
+    """The runs that did not train, one bullet each (summary_text's list)."""
     records = [
         {key: (None if _missing(v) or v is pd.NA else v) for key, v in record.items()}
         for record in results.to_dict("records")
     ]
-    text = reporting.collapsed_list(records, NUM_CLASSES).strip()
+    text = summary_text.collapsed_list(records, NUM_CLASSES).strip()
     return text or "Every run trained."
 
 
@@ -397,8 +397,8 @@ def agreement_table(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """Per variant, the trained share (Wilson 95%) and mean test accuracy (bootstrap 95%) of two
     per-run tables of one protocol side by side, and whether each of `after`'s values lies inside
     `before`'s interval (a regeneration's check: the same protocol, other threads or machine)."""
-    old = reporting.summarize(_runs(before), NUM_CLASSES).set_index("variant")
-    new = reporting.summarize(_runs(after), NUM_CLASSES).set_index("variant")
+    old = summary_numbers.summarize(_runs(before), NUM_CLASSES).set_index("variant")
+    new = summary_numbers.summarize(_runs(after), NUM_CLASSES).set_index("variant")
     rows = []
     for variant in [v for v in old.index if v in new.index]:
         o, n = old.loc[variant], new.loc[variant]
@@ -434,10 +434,10 @@ def _summary_cell(row: pd.Series, reference: pd.Series) -> str:
     fisher = "" if _missing(row["trained_p_fisher"]) or same else f" (p={row['trained_p_fisher']:.2g})"
     parts = [f"{share}{fisher}"]
     if not _missing(row["diff_vs_baseline_mean"]):
-        all_runs = reporting.diff_cell(row["diff_vs_baseline_mean"], row["diff_ci_low"], row["diff_ci_high"], "")
+        all_runs = summary_text.diff_cell(row["diff_vs_baseline_mean"], row["diff_ci_low"], row["diff_ci_high"], "")
         parts.append(f"**{all_runs}**" if row["significant"] else all_runs)
     if not _missing(row["trained_diff_mean"]) and row["trained_pairs"] != row["n_paired_seeds"]:
-        both = reporting.diff_cell(
+        both = summary_text.diff_cell(
             row["trained_diff_mean"], row["trained_diff_ci_low"], row["trained_diff_ci_high"], ""
         )
         parts.append(f"both trained {both} ({int(row['trained_pairs'])})")
@@ -459,7 +459,7 @@ def summary_table(results: Mapping[str, pd.DataFrame], reference: str = "baselin
     ]
     rows = []
     for name, table in results.items():
-        summary = reporting.summarize(_runs(table), NUM_CLASSES, baseline=reference).set_index("variant")
+        summary = summary_numbers.summarize(_runs(table), NUM_CLASSES, baseline=reference).set_index("variant")
         row = {"protocol": f"`{name}`", f"`{reference}`": _summary_cell(summary.loc[reference], summary.loc[reference])}
         for variant in present:
             shown = variant if variant in summary.index else same_as(name).get(variant)

@@ -382,7 +382,7 @@ def train(
 
 # the window of the per-step training metrics' means (each step is one noisy minibatch): MLflow gets
 # them every LOSS_WINDOW steps and at each validation (windowed_history), the compare stage's learning
-# curves at every step (pipeline.reporting); history.csv keeps every step
+# curves at every step (pipeline.pooled); history.csv keeps every step
 LOSS_WINDOW = 20
 
 

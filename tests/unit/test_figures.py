@@ -21,7 +21,7 @@ from pipeline.figures import (
     feature_maps_figure,
     learning_curves_figure,
 )
-from pipeline.reporting import learning_curves, trained_accuracy
+from pipeline.pooled import learning_curves, trained_accuracy
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -9,7 +9,9 @@ from support import ROOT
 
 from pipeline.config import load_params
 from pipeline.models import upsampling_layer_names
-from pipeline.reporting import collapsed_run, confusion_from_pairs, image_maps, trained_confusions
+from pipeline.pooled import confusion_from_pairs, trained_confusions
+from pipeline.reporting import image_maps
+from pipeline.summary_numbers import collapsed_run
 
 
 def test_collapsed_runs_are_those_at_chance_level():
@@ -60,7 +62,8 @@ def test_feature_maps_keep_only_image_activations():
 def test_the_summary_against_a_control_from_a_finished_comparison(tmp_path, capsys):
     """`python -m pipeline.reporting reports/comparison.csv --baseline <control>`: the same summary,
     another reference."""
-    from pipeline.reporting import RUN_COLUMNS, main
+    from pipeline.reporting import main
+    from pipeline.summary_numbers import RUN_COLUMNS
 
     rows = []
     for variant, accuracies in {

@@ -14,17 +14,10 @@ from scipy import stats
 from support import ROOT
 
 from pipeline.errors import DataError
-from pipeline.reporting import (
-    RUN_COLUMNS,
-    _summary_metrics,
-    build_report,
-    curve_table,
-    learning_curves,
-    run_curves,
-    runs_table,
-    summarize,
-    summary_markdown,
-)
+from pipeline.pooled import curve_table, learning_curves, run_curves
+from pipeline.reporting import build_report, summary_metrics
+from pipeline.summary_numbers import RUN_COLUMNS, runs_table, summarize
+from pipeline.summary_text import summary_markdown
 
 NUM_CLASSES = 10  # a run trained when its test accuracy is at least 1.5 / 10 = 0.15
 
@@ -636,7 +629,7 @@ def test_summary_metrics_are_a_few_short_keys_per_variant():
     (fraction), the paired difference from the baseline (percentage points, as every table gives it),
     the trained share (fraction) and the mean training seconds."""
     summary = collapsed_summary()
-    metrics = _summary_metrics(summary)
+    metrics = summary_metrics(summary)
     assert list(metrics) == ["baseline", "collapsed"]
     keys = ["acc", "vs_baseline_pp", "trained_share", "train_seconds"]
     assert all(list(values) == keys for values in metrics.values())
@@ -663,7 +656,7 @@ def test_summary_metrics_are_a_few_short_keys_per_variant():
 def test_summary_json_has_null_for_the_baselines_own_difference(tmp_path):
     from pipeline.artifacts import read_json, write_json
 
-    write_json(tmp_path / "summary.json", _summary_metrics(collapsed_summary()))
+    write_json(tmp_path / "summary.json", summary_metrics(collapsed_summary()))
     written = read_json(tmp_path / "summary.json")
     assert written["baseline"]["vs_baseline_pp"] is None
     assert written["collapsed"]["vs_baseline_pp"] == pytest.approx(-15.2)

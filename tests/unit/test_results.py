@@ -12,7 +12,7 @@ import pytest
 import yaml
 from support import ROOT
 
-from pipeline import protocols, reporting, results
+from pipeline import protocols, results, summary_numbers, summary_text
 from pipeline.config import load_params, parse_params
 from pipeline.datasets import IDX_FILES
 from pipeline.errors import DataError
@@ -245,7 +245,7 @@ def test_every_family_names_variants_its_protocol_runs(tmp_path):
 def test_collect_reads_every_run_with_its_step0_loss_and_fate(collected):
     table, path = collected
     assert list(table.columns) == results.RESULT_COLUMNS
-    assert set(reporting.RUN_COLUMNS) <= set(table.columns)  # python -m pipeline.reporting reads it too
+    assert set(summary_numbers.RUN_COLUMNS) <= set(table.columns)  # python -m pipeline.reporting reads it too
     assert len(table) == 12
     by_run = table.set_index(["variant", "seed"])
     assert by_run.loc[("transposed", 2), "step0_loss"] == pytest.approx(9.2)  # history.csv's first loss
@@ -280,14 +280,14 @@ def test_read_results_names_a_missing_column(tmp_path):
 
 def test_the_comparison_table_is_the_reports_from_the_csv_alone(collected):
     table, path = collected
-    runs = reporting.runs_table(
+    runs = summary_numbers.runs_table(
         [
             {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
             for r in pd.read_csv(path).to_dict("records")
         ]
     )
     for reference in ("baseline", "upsample_only"):
-        expected = reporting.summary_table_markdown(reporting.summarize(runs, 10, baseline=reference))
+        expected = summary_text.summary_table_markdown(summary_numbers.summarize(runs, 10, baseline=reference))
         assert results.comparison_table(results.read_results(path), reference) == expected
     text = results.comparison_table(table, "baseline")
     # transposed: 2/4 trained against 4/4: 2 dead of 8, C(4,x)C(4,2-x)/C(8,2) = 6, 16, 6 (/28) for x = 0, 1, 2;
