@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline import training
 from pipeline.paths import run_name
 from pipeline.pooled import curve_table, learning_curves, run_curves, trained_accuracy, trained_confusions
-from pipeline.summary_numbers import collapsed_run, runs_table, summarize
+from pipeline.summary_numbers import RUN_COLUMNS, collapsed_run, runs_table, summarize
 from pipeline.summary_text import collapsed_list, summary_markdown
 
 if TYPE_CHECKING:
@@ -99,13 +99,15 @@ def build_report(
     from pipeline import figures
     from pipeline.models import activations, upsampling_layer_names
 
-    records = [o.record for o in outputs]
-    runs = runs_table(records, variant_order=list(params.variants))
+    runs = runs_table([o.record for o in outputs], variant_order=list(params.variants), num_classes=data.num_classes)
     summary = summarize(runs, data.num_classes)
     keys = [(o.record["variant"], o.record["seed"]) for o in outputs]
+    # each run's record with its `trained` from the runs table, for collapsed_run and collapsed_list
+    trained_by_run = dict(zip(zip(runs["variant"], runs["seed"], strict=True), runs["trained"], strict=True))
+    records = [{**o.record, "trained": trained_by_run[key]} for o, key in zip(outputs, keys, strict=True)]
     validations = dict(zip(keys, (o.validation for o in outputs), strict=True))
     histories = dict(zip(keys, (o.history for o in outputs), strict=True))
-    trained = {(r["variant"], r["seed"]): not collapsed_run(r, data.num_classes) for r in records}
+    trained = {key: not collapsed_run(r) for key, r in zip(keys, records, strict=True)}
     val_runs = run_curves(validations, "val_accuracy")
     loss_runs = run_curves(histories, "loss", window=LOSS_WINDOW)
     val_curves = learning_curves(val_runs, trained)
@@ -114,7 +116,7 @@ def build_report(
         dict(zip(keys, (o.confusion_pairs for o in outputs), strict=True)), trained, data.classes
     )
     report = Report(
-        runs=runs,
+        runs=runs[RUN_COLUMNS],  # comparison.csv: the columns `python -m pipeline.reporting` reads back
         summary=summary,
         markdown=summary_markdown(
             summary, title=f"{data.dataset}, {len(params.train.seeds)} seeds, {params.train.steps} steps"
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", required=True, help="the variant every other one is compared with")
     parser.add_argument("--classes", type=int, default=10, help="number of classes (chance is 1/classes)")
     args = parser.parse_args(argv)
-    runs = runs_table(pd.read_csv(args.runs).to_dict("records"))
+    runs = runs_table(pd.read_csv(args.runs).to_dict("records"), num_classes=args.classes)
     if args.baseline not in set(runs["variant"]):
         raise SystemExit(f"error: {args.baseline!r} is not a variant in {args.runs}")
     print(summary_markdown(summarize(runs, args.classes, baseline=args.baseline)), end="")

@@ -99,8 +99,11 @@ def _ordered_variants(seen: Iterable[str], variant_order: Sequence[str] | None) 
     return ordered + [v for v in first_seen if v not in ordered]
 
 
-def runs_table(records: Iterable[Mapping], variant_order: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per variant×seed with exactly RUN_COLUMNS, sorted by variant then seed.
+def runs_table(
+    records: Iterable[Mapping], variant_order: Sequence[str] | None = None, num_classes: int | None = None
+) -> pd.DataFrame:
+    """One row per variant×seed with RUN_COLUMNS, sorted by variant then seed; with ``num_classes``,
+    also its ``trained`` column (with_trained).
 
     Variants follow ``variant_order`` when given (variants it does not name come after, in
     first-seen order), else the order they first appear in ``records``. Extra keys are ignored;
@@ -118,7 +121,7 @@ def runs_table(records: Iterable[Mapping], variant_order: Sequence[str] | None =
 
     table = pd.DataFrame(rows, columns=RUN_COLUMNS)
     if table.empty:
-        return table
+        return table if num_classes is None else with_trained(table, num_classes)
     for column in RUN_COLUMNS:
         if column in _STR_COLUMNS:
             table[column] = table[column].astype(str)
@@ -134,19 +137,25 @@ def runs_table(records: Iterable[Mapping], variant_order: Sequence[str] | None =
 
     order = _ordered_variants(table["variant"], variant_order)
     rank = table["variant"].map({v: i for i, v in enumerate(order)})
-    return (
+    table = (
         table.assign(_rank=rank)
         .sort_values(["_rank", "seed"], kind="stable")
         .drop(columns="_rank")
         .reset_index(drop=True)
     )
+    return table if num_classes is None else with_trained(table, num_classes)
 
 
-def collapsed_run(record: Mapping, num_classes: int) -> bool:
-    """A run that did not train (statistics.trained: it died or stalled) or whose loss diverged."""
-    if record.get("diverged_at_step") is not None:
-        return True
-    return not bool(statistics.trained([record["test_accuracy"]], num_classes)[0])
+def with_trained(runs: pd.DataFrame, num_classes: int) -> pd.DataFrame:
+    """``runs`` with a ``trained`` column: whether each run's test accuracy reached 1.5x chance
+    (statistics.trained). Decided here once per table; the summary, the figures' choice of runs and
+    the list of runs that did not train all read this column."""
+    return runs.assign(trained=statistics.trained(runs["test_accuracy"].to_numpy(dtype=float), num_classes))
+
+
+def collapsed_run(record: Mapping) -> bool:
+    """A run that did not train (its ``trained``: it died or stalled) or whose loss diverged."""
+    return record.get("diverged_at_step") is not None or not bool(record["trained"])
 
 
 # --- summary -------------------------------------------------------------------------------
@@ -194,10 +203,10 @@ def _paired(runs: pd.DataFrame, variant: str, baseline: str) -> tuple[np.ndarray
     return both[variant].to_numpy(dtype=float), both[baseline].to_numpy(dtype=float)
 
 
-def _trained_count(runs: pd.DataFrame, variant: str, num_classes: int) -> tuple[int, int]:
+def _trained_count(runs: pd.DataFrame, variant: str) -> tuple[int, int]:
     """(runs that trained, runs) of a variant: the counts Fisher's exact test compares."""
-    acc = runs.loc[runs["variant"] == variant, "test_accuracy"].to_numpy(dtype=float)
-    return int(statistics.trained(acc, num_classes).sum()), int(acc.size)
+    trained = runs.loc[runs["variant"] == variant, "trained"].to_numpy(dtype=bool)
+    return int(trained.sum()), int(trained.size)
 
 
 def summarize(
@@ -212,10 +221,13 @@ def summarize(
 
     ``significant`` means the Holm-adjusted sign-flip p-value (over every variant compared with the
     baseline) is below 1 - confidence. The baseline's own row has NaN comparison columns and verdict
-    "reference". The confidence and the baseline are kept in ``.attrs``.
+    "reference". The confidence and the baseline are kept in ``.attrs``. A ``runs`` without its
+    ``trained`` column (runs_table without num_classes) gets it here.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    if "trained" not in runs.columns:
+        runs = with_trained(runs, num_classes)
     alpha = 1 - confidence
     variants = list(dict.fromkeys(runs["variant"]))
     has_baseline = baseline in variants
@@ -225,7 +237,7 @@ def summarize(
     conditional = {v: statistics.conditional_comparison(*pairs[v], num_classes, confidence) for v in compared}
     adjusted = dict(zip(compared, statistics.holm([comparisons[v].p_value for v in compared]), strict=True))
     adjusted_trained = dict(zip(compared, statistics.holm([conditional[v].p_value for v in compared]), strict=True))
-    counts = {v: _trained_count(runs, v, num_classes) for v in variants}
+    counts = {v: _trained_count(runs, v) for v in variants}
     fisher = {v: statistics.fisher_exact_p_value(*counts[v], *counts[baseline]) for v in compared}
     adjusted_fisher = dict(zip(compared, statistics.holm([fisher[v] for v in compared]), strict=True))
     # Holm leaves NaN p-values (fewer than 2 paired seeds) out of m; count the same comparisons here
@@ -235,7 +247,7 @@ def summarize(
     for variant in variants:
         group = runs.loc[runs["variant"] == variant]
         acc = group["test_accuracy"].to_numpy(dtype=float)
-        reliability = statistics.reliability(statistics.trained(acc, num_classes), confidence)
+        reliability = statistics.reliability(group["trained"].to_numpy(dtype=bool), confidence)
         accuracy = statistics.mean_interval(acc, confidence)
         row = {
             "variant": variant,

@@ -253,9 +253,10 @@ def summary_markdown(summary: pd.DataFrame, *, title: str | None = None) -> str:
 
 
 def collapsed_list(records: list[dict], num_classes: int) -> str:
-    """The runs that did not train or diverged (collapsed_run), one bullet each with its test accuracy and
-    outcome (died or stalled), under a line defining both; "" when every run trained."""
-    collapsed = [r for r in records if collapsed_run(r, num_classes)]
+    """The runs that did not train or diverged (collapsed_run: each record has its ``trained``), one
+    bullet each with its test accuracy and outcome (died or stalled), under a line defining both; ""
+    when every run trained."""
+    collapsed = [r for r in records if collapsed_run(r)]
     if not collapsed:
         return ""
     died, trained = statistics.DIED_MARGIN / num_classes, statistics.trained_from(num_classes)

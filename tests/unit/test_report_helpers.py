@@ -11,17 +11,17 @@ from pipeline.config import load_params
 from pipeline.models import upsampling_layer_names
 from pipeline.pooled import confusion_from_pairs, trained_confusions
 from pipeline.reporting import image_maps
-from pipeline.summary_numbers import collapsed_run
+from pipeline.summary_numbers import collapsed_run, with_trained
 
 
-def test_collapsed_runs_are_those_at_chance_level():
-    assert collapsed_run({"test_accuracy": 0.10}, 10)
-    assert collapsed_run({"test_accuracy": 0.149}, 10)
-    assert collapsed_run({"test_accuracy": 0.15}, 10)  # stalled: not trained either
-    assert collapsed_run({"test_accuracy": 0.4999}, 10)
-    assert not collapsed_run({"test_accuracy": 0.5}, 10)
-    assert collapsed_run({"test_accuracy": 0.5, "diverged_at_step": 7}, 10)
-    assert not collapsed_run({"test_accuracy": 0.5, "diverged_at_step": None}, 10)
+def test_trained_is_decided_once_as_a_column_and_collapsed_runs_read_it():
+    accuracies = [0.10, 0.149, 0.15, 0.4999, 0.5]  # died, died, stalled, stalled, trained
+    table = with_trained(pd.DataFrame({"test_accuracy": accuracies}), 10)
+    assert table["trained"].tolist() == [False, False, False, False, True]
+    assert collapsed_run({"trained": False})
+    assert not collapsed_run({"trained": True})
+    assert collapsed_run({"trained": True, "diverged_at_step": 7})
+    assert not collapsed_run({"trained": True, "diverged_at_step": None})
 
 
 def test_confusion_from_pairs_counts_by_class_name_in_class_order():

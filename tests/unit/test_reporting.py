@@ -120,6 +120,10 @@ def test_runs_table_columns_order_and_types():
     ]
     table = runs_table(records)
     assert list(table.columns) == RUN_COLUMNS
+    # with the number of classes, whether each run trained (test accuracy at least 1.5x chance)
+    marked = runs_table([*records, record("dead", 1, 0.1)], num_classes=NUM_CLASSES)
+    assert list(marked.columns) == [*RUN_COLUMNS, "trained"]
+    assert marked["trained"].tolist() == [True, True, True, True, False]
     # first-seen variant order, seeds ascending within a variant
     assert list(zip(table["variant"], table["seed"], strict=True)) == [
         ("transposed", 1),
@@ -256,6 +260,9 @@ def test_trained_depends_on_the_number_of_classes():
     # 0.60 is 6x chance for 10 classes but below 1.5 x 1/2 = 0.75 for 2 classes
     data = runs(baseline=percent([80, 80, 80, 80, 80]), variant=percent([60, 85, 60, 85, 85]))
     assert row(summarize(data, 10), "variant")["trained_runs"] == 5
+    # a runs table with its `trained` column (runs_table with num_classes): the summary reads it, it
+    # does not decide again
+    assert row(summarize(data.assign(trained=True), 2), "variant")["trained_runs"] == 5
     two = row(summarize(data, 2), "variant")
     assert two["trained_runs"] == 3
     assert two["trained_share"] == pytest.approx(0.6)
