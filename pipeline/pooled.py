@@ -16,6 +16,7 @@ import pandas as pd
 from pipeline import statistics
 from pipeline.errors import DataError
 from pipeline.paths import run_name
+from pipeline.training import windowed_mean
 
 CURVE_COLUMNS = ["variant", "step", "mean", "std", "low", "high", "n"]
 
@@ -50,8 +51,9 @@ def run_curves(
     histories: Mapping[tuple[str, int], pd.DataFrame], column: str, window: int | None = None
 ) -> pd.DataFrame:
     """Every run's ``column`` against step, in long form (variant, seed, step, value), smoothed per run
-    over ``window`` steps when given (per-step minibatch loss is noisy). A history without ``step``
-    or ``column`` is a DataError naming the run."""
+    over ``window`` steps when given (per-step minibatch loss is noisy) by training.windowed_mean, as
+    MLflow's training metrics are. A history without ``step`` or ``column`` is a DataError naming the
+    run."""
     frames = []
     for (variant, seed), history in histories.items():
         for key in ("step", column):
@@ -59,7 +61,7 @@ def run_curves(
                 raise DataError(f"history of {run_name(variant, seed)} has no {key!r} column")
         value = history[column]
         if window:
-            value = value.rolling(window, min_periods=1).mean()
+            value = windowed_mean(value, window)
         frames.append(pd.DataFrame({"variant": variant, "seed": seed, "step": history["step"], "value": value}))
     if not frames:
         return pd.DataFrame(columns=["variant", "seed", "step", "value"])

@@ -232,3 +232,25 @@ def test_windowed_history_is_the_20_step_mean_at_window_ends_and_validations_how
     parts = [windowed_history(result, a, b) for a, b in ((0, 1), (1, 31), (31, 61))]
     assert [s for _, part in parts for s in part] == steps
     assert [v for values, _ in parts for v in values["accuracy"]] == whole["accuracy"]
+
+
+def test_windowed_mean_is_the_one_smoothing_of_mlflow_and_the_report():
+    """The mean of the last 3 steps (fewer at the start), NaN and inf left out; MLflow's windowed
+    history leaves out a window that holds one, so a diverged run's last means are not logged."""
+    import math
+
+    from pipeline.training import TrainResult, windowed_history, windowed_mean
+
+    values = [3.0, 1.0, 2.0, 6.0, math.nan, math.inf, 4.0, 5.0, 6.0]
+    # (3)/1, (3+1)/2, (3+1+2)/3, (1+2+6)/3, (2+6)/2, (6)/1, (4)/1, (4+5)/2, (4+5+6)/3
+    assert windowed_mean(values, 3).tolist() == [3.0, 2.0, 2.0, 3.0, 4.0, 6.0, 4.0, 4.5, 5.0]
+    assert np.isnan(windowed_mean([math.nan, math.inf], 2)).all()
+
+    loss = [float(v) for v in np.arange(1, 41, dtype=np.float32)]
+    loss[25] = math.nan
+    result = TrainResult(steps=list(range(40)), loss=loss, accuracy=[0.5] * 40, val_steps=[0])
+    means, steps = windowed_history(result, 0, 40)
+    assert steps == [0, 19, 39]
+    # steps 0 and 19: (1)/1 and (1+...+20)/20; the window of step 39 holds the NaN of step 25
+    assert means["loss"][:2] == [1.0, 10.5] and math.isnan(means["loss"][2])
+    assert means["accuracy"] == [0.5, 0.5, 0.5]
