@@ -1,4 +1,6 @@
-"""The comparison report's figures. Each function returns a matplotlib Figure; the caller saves it.
+"""The comparison report's figures (the compare stage's; each run's own confusion figure, which the
+train stage saves, is pipeline/confusion_figure.py). Each function returns a matplotlib Figure; the
+caller saves it.
 
 Figures are built with the object-oriented API (``matplotlib.figure.Figure``), so no pyplot state
 and no backend selection are involved; ``fig.savefig`` renders with Agg.
