@@ -297,6 +297,12 @@ def grid_command(protocol: Protocol, params: Params) -> list[str]:
     return command
 
 
+def setting(protocol: Protocol, key: str) -> str | None:
+    """The value the protocol's `-S` settings give `key` (None: params.yaml's)."""
+    values = [s.partition("=")[2] for s in protocol.settings if s.partition("=")[0] == key]
+    return values[-1] if values else None
+
+
 def more_seeds_out(protocol: Protocol) -> Path:
     return GRIDS / f"{protocol.name}-more"
 

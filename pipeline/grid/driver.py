@@ -93,7 +93,7 @@ def runs_table(out: Path, tasks: Sequence[tuple[str, int]]) -> pd.DataFrame:
 def tables(table: pd.DataFrame, variants: Sequence[str]) -> str:
     """The comparison tables a protocol publishes: against `baseline` (else the first variant),
     and the runs that did not train."""
-    from pipeline.results import comparison_table, dead_runs
+    from pipeline.result_tables import comparison_table, dead_runs
 
     present = [v for v in variants if v in set(table["variant"])]
     if not present:

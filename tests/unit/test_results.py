@@ -12,7 +12,7 @@ import pytest
 import yaml
 from support import ROOT
 
-from pipeline import protocols, results, summary_numbers, summary_text
+from pipeline import protocols, result_tables, results, summary_numbers, summary_text
 from pipeline.config import load_params, parse_params
 from pipeline.datasets import IDX_FILES
 from pipeline.errors import DataError
@@ -236,7 +236,7 @@ def test_every_family_names_variants_its_protocol_runs(tmp_path):
             assert {comparison.variant, comparison.reference} - {""} <= runs, (protocol.name, comparison)
         assert set(protocol.more_seeds) <= runs
         assert names  # the settings are there to run them
-    assert "1. trained: `transposed` against `baseline`" in results.families_text()
+    assert "1. trained: `transposed` against `baseline`" in result_tables.families_text()
 
 
 # --- per-run CSVs ----------------------------------------------------------------------------------
@@ -288,18 +288,18 @@ def test_the_comparison_table_is_the_reports_from_the_csv_alone(collected):
     )
     for reference in ("baseline", "upsample_only"):
         expected = summary_text.summary_table_markdown(summary_numbers.summarize(runs, 10, baseline=reference))
-        assert results.comparison_table(results.read_results(path), reference) == expected
-    text = results.comparison_table(table, "baseline")
+        assert result_tables.comparison_table(results.read_results(path), reference) == expected
+    text = result_tables.comparison_table(table, "baseline")
     # transposed: 2/4 trained against 4/4: 2 dead of 8, C(4,x)C(4,2-x)/C(8,2) = 6, 16, 6 (/28) for x = 0, 1, 2;
     # two-sided p = (6 + 6) / 28 = 0.429; Holm over the 2 comparisons with baseline (upsample_only: p = 1): 0.857
     assert "| transposed    |" in text and "2/4 [15, 85]" in text and "0.429 (0.857)" in text
     with pytest.raises(DataError, match="no variant 'nope'"):
-        results.comparison_table(table, "nope")
+        result_tables.comparison_table(table, "nope")
 
 
 def test_step0_table_by_hand(collected):
     table, _ = collected
-    step0 = results.step0_table(table).set_index("variant")
+    step0 = result_tables.step0_table(table).set_index("variant")
     # transposed: trained seeds 1, 3 -> 9.1, 9.3 (median 9.2); died seeds 2, 4 -> 9.2, 9.4 (median 9.3)
     assert step0.loc["transposed", "trained"] == "2/4"
     assert step0.loc["transposed", "step-0 loss, trained: median [range]"] == "9.2 [9.1, 9.3]"
@@ -314,11 +314,11 @@ def test_step0_table_by_hand(collected):
 
 def test_dead_runs_and_summary_cells(collected):
     table, _ = collected
-    assert results.dead_runs(table).splitlines()[-2:] == [
+    assert result_tables.dead_runs(table).splitlines()[-2:] == [
         "- transposed/seed-2: 10.00%, died",
         "- transposed/seed-4: 10.00%, died, loss became NaN/inf at step 12",
     ]
-    summary = results.summary_table({"tutorial-centered": table})
+    summary = result_tables.summary_table({"tutorial-centered": table})
     header, _, row = summary.splitlines()
     cells = [c.strip() for c in row.strip("|").split("|")]
     named = dict(zip([c.strip() for c in header.strip("|").split("|")], cells, strict=True))
@@ -335,7 +335,9 @@ def test_dead_runs_and_summary_cells(collected):
 def test_summary_shows_the_variant_a_protocol_names_the_same(collected):
     # converge: transposed_bias0 is transposed there (Keras' biases start at 0), so its cell is transposed's, marked
     table, _ = collected
-    header, _, tutorial, converge = results.summary_table({"tutorial-centered": table, "converge": table}).splitlines()
+    header, _, tutorial, converge = result_tables.summary_table(
+        {"tutorial-centered": table, "converge": table}
+    ).splitlines()
     columns = [c.strip() for c in header.strip("|").split("|")]
     tutorial_cells = dict(zip(columns, [c.strip() for c in tutorial.strip("|").split("|")], strict=True))
     converge_cells = dict(zip(columns, [c.strip() for c in converge.strip("|").split("|")], strict=True))
@@ -378,7 +380,7 @@ def test_tables_fill_their_markers_keep_the_prose_and_leave_protocols_without_a_
     for prose in ("# Results\n\nProse before.\n", "\nProse between.\n", "\nProse after.\n", "not run yet"):
         assert prose in text
     assert "old table" not in text
-    assert results.comparison_table(table, "baseline") in text
+    assert result_tables.comparison_table(table, "baseline") in text
     assert "| variant       | trained   | step-0 loss, trained" in text
     assert "| `tutorial-centered` |" in text
     results.render_tables([doc], path.parent, shipped)
@@ -467,7 +469,7 @@ def test_rescue_table_pairs_each_variant_with_its_bias0_twin_and_pools_them():
                     "step0_loss": 9.0 if "bias0" not in variant else 2.5,
                 }
             )
-    table = results.rescue_table(pd.DataFrame(rows)).set_index("variant")
+    table = result_tables.rescue_table(pd.DataFrame(rows)).set_index("variant")
     assert list(table.index) == ["a", "b", "all of them"]
     assert table.loc["a", "trained, tutorial's biases"] == "2/4" and table.loc["a", "trained, bias0"] == "4/4"
     # by hand: 2/4 against 4/4 is p = 0.4286; 0/4 against 3/4 is 0.1429; pooled 2/8 against 7/8 is 0.04056
@@ -476,7 +478,7 @@ def test_rescue_table_pairs_each_variant_with_its_bias0_twin_and_pools_them():
     assert table.loc["all of them", "Fisher p"] == "0.041"
     assert table.loc["all of them", "trained, bias0"] == "7/8"
     assert table.loc["b", "step-0 loss, bias0: median"] == "2.5"
-    assert results.rescue_table(pd.DataFrame(rows[:4])).empty
+    assert result_tables.rescue_table(pd.DataFrame(rows[:4])).empty
 
 
 def test_stopping_table_counts_early_stops_and_the_cap_in_epochs():
@@ -489,7 +491,7 @@ def test_stopping_table_counts_early_stops_and_the_cap_in_epochs():
     ]
     table = pd.DataFrame(rows)
     table["stopped_early_at"] = table["stopped_early_at"].astype("Int64")
-    stopping = results.stopping_table(table, epoch_steps=100, max_steps=500).set_index("variant")
+    stopping = result_tables.stopping_table(table, epoch_steps=100, max_steps=500).set_index("variant")
     assert list(stopping.columns) == [
         "stopped early",
         "reached the cap (5 epochs)",
@@ -514,14 +516,14 @@ def test_stopping_block_reads_the_epoch_and_cap_from_the_protocol():
 
 def test_agreement_puts_a_regeneration_beside_the_published_runs_and_checks_its_intervals(collected):
     table, _ = collected
-    same = results.agreement_table(table, table)
+    same = result_tables.agreement_table(table, table)
     assert list(same["variant"]) == ["baseline", "transposed", "upsample_only"]
     assert same["share inside"].all() and same["mean inside"].all()
     assert same.set_index("variant").loc["transposed", "trained before"].startswith("2/4 [")
     shifted = table.copy()
     shifted.loc[shifted["variant"] == "baseline", "test_accuracy"] += 0.05  # mean 81.5 -> 86.5, outside
     shifted.loc[shifted["variant"] == "transposed", "test_accuracy"] = 0.10  # 0/4 trained
-    moved = results.agreement_table(table, shifted).set_index("variant")
+    moved = result_tables.agreement_table(table, shifted).set_index("variant")
     assert not moved.loc["baseline", "mean inside"] and moved.loc["baseline", "share inside"]
     assert moved.loc["transposed", "trained after"] == "0/4" and not moved.loc["transposed", "share inside"]
     assert moved.loc["upsample_only", "mean inside"]
