@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import artifacts, evaluation, models, paths, tracking, training
+from pipeline import artifacts, evaluation, models, paths, training, training_logging
 from pipeline.figures import confusion_matrix_figure
 from pipeline.runtime.stage import stage_peak_memory_mb
 
@@ -93,7 +93,7 @@ class Runner:
         self._trainers[variant] = trainer
         if before_start is not None:
             before_start(key)
-        with tracking.training_run(
+        with training_logging.training_run(
             self.experiment_id, variant, seed, params, data, layers, tags={"run_key": key, **(tags or {})}, stage=stage
         ) as run:
             progress = (run.log_steps, training.progress_printer(f"{name}{label}", config))

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline import artifacts, models, paths, prepared, reporting, tracking
+from pipeline import artifacts, models, paths, prepared, registry, reporting, tracking
 from pipeline.config import load_params
 from pipeline.runtime.stage import run_stage
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     for variant, spec in params.variants.items():
         if not models.upsampling_layer_names(spec):
             continue
-        best = tracking.champion([o.record for o in outputs if o.record["variant"] == variant])
+        best = registry.champion([o.record for o in outputs if o.record["variant"] == variant])
         if best is None:
             print(f"{variant}: no feature maps, no run has a finite validation accuracy", file=sys.stderr)
             continue
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     report = reporting.build_report(outputs, prepared.load(args.data), params, champions)
     artifacts.write_report(args.out, report)
     reports = tracking.connect(reports=True)  # the registry needs only the store
-    for variant, line in tracking.register_champions([o.record for o in outputs], params).items():
-        print(f"{tracking.registered_name(variant)}@{tracking.CHAMPION}: {line}", file=sys.stderr)
-    tracking.log_summary_run(reports, params, report.metrics, args.out, list(report.runs["run_id"]))
+    for variant, line in registry.register_champions([o.record for o in outputs], params).items():
+        print(f"{registry.registered_name(variant)}@{registry.CHAMPION}: {line}", file=sys.stderr)
+    registry.log_summary_run(reports, params, report.metrics, args.out, list(report.runs["run_id"]))
     print(report.markdown, file=sys.stderr)
 
 
