@@ -84,6 +84,8 @@ class Runner:
         params, data = self.params, self.data
         spec, config = params.variant(variant), params.train
         layers = models.check_variant(variant, spec, data.input_shape, data.num_classes)
+        # counted once, for the MLflow params (logged as the run starts) and for run.json
+        trainable, flops = models.trainable_params(layers), models.flops_per_image(layers)
         name = paths.run_name(variant, seed)
         key = run_key(params, variant, seed, data)
         trainer = training.build_trainer(
@@ -94,7 +96,15 @@ class Runner:
         if before_start is not None:
             before_start(key)
         with training_logging.training_run(
-            self.experiment_id, variant, seed, params, data, layers, tags={"run_key": key, **(tags or {})}, stage=stage
+            self.experiment_id,
+            variant,
+            seed,
+            params,
+            data,
+            trainable_params=trainable,
+            flops_per_image=flops,
+            tags={"run_key": key, **(tags or {})},
+            stage=stage,
         ) as run:
             progress = (run.log_steps, training.progress_printer(f"{name}{label}", config))
             result = training.run(trainer, data, seed=seed, name=name, on_chunk=progress)
@@ -104,7 +114,9 @@ class Runner:
                 "run_id": run.run_id,
                 "experiment_id": run.experiment_id,
                 "run_key": key,
-                **training.run_record(result, config, layers),
+                **training.run_record(result, config),
+                "trainable_params": trainable,
+                "flops_per_image": flops,
                 "data_scaling": data.scaling,  # what `python -m pipeline predict` scales a file's pixels with
                 "peak_memory_mb": stage_peak_memory_mb(),
             }

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
-    from pipeline.models import LayerInfo
     from pipeline.prepared import Prepared
 
 
@@ -473,10 +472,8 @@ def progress_printer(name: str, config: TrainConfig) -> ProgressFn:
     return show
 
 
-def run_record(result: TrainResult, config: TrainConfig, layers: list[LayerInfo]) -> dict:
-    """What run.json keeps of a training run besides its identity: steps, outcome, timings, size."""
-    from pipeline.models import flops_per_image, trainable_params
-
+def run_record(result: TrainResult, config: TrainConfig) -> dict:
+    """What run.json keeps of a training run besides its identity and size: steps, outcome, timings."""
     return {
         "steps": result.steps_done,
         "stopped_early_at": result.stopped_early_at,
@@ -487,6 +484,4 @@ def run_record(result: TrainResult, config: TrainConfig, layers: list[LayerInfo]
         "validation_seconds": result.validation_seconds,
         "train_images_per_second": result.images_per_second(config.batch_size),
         "threads": config.threads,
-        "trainable_params": trainable_params(layers),
-        "flops_per_image": flops_per_image(layers),
     }

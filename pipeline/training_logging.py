@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,6 @@ from pipeline.tracking import project_root
 
 if TYPE_CHECKING:
     from pipeline.config import Params
-    from pipeline.models import LayerInfo
     from pipeline.prepared import Prepared
 
 
@@ -223,18 +222,20 @@ class TrainingRun:
             ) from None
 
 
-def training_params(variant: str, seed: int, params: Params, layers: Sequence[LayerInfo]) -> dict[str, Any]:
+def training_params(
+    variant: str, seed: int, params: Params, *, trainable_params: int, flops_per_image: int
+) -> dict[str, Any]:
     """A training run's MLflow params: the same names as in params.yaml, plus variant, seed, layers,
-    the variant's size (trainable_params, flops_per_image) and evaluate.batch_size."""
-    from pipeline.models import flops_per_image, summarize_layers, trainable_params
+    the variant's size (trainable_params, flops_per_image: counted once, by the caller, for run.json
+    too) and evaluate.batch_size."""
+    from pipeline.models import summarize_layers
 
-    spec = params.variants[variant]
     return {
         "variant": variant,
         "seed": seed,
-        "variant.layers": summarize_layers(spec),
-        "trainable_params": trainable_params(list(layers)),
-        "flops_per_image": flops_per_image(list(layers)),
+        "variant.layers": summarize_layers(params.variants[variant]),
+        "trainable_params": trainable_params,
+        "flops_per_image": flops_per_image,
         **flatten("data", params.data.model_dump(exclude={"mirrors", "sha256"})),
         **flatten("train", params.train.model_dump(exclude={"seeds"})),
         **flatten("evaluate", params.evaluate.model_dump()),
@@ -248,15 +249,16 @@ def training_run(
     seed: int,
     params: Params,
     data: Prepared,
-    layers: Sequence[LayerInfo],
     *,
+    trainable_params: int,
+    flops_per_image: int,
     tags: Mapping[str, str] | None = None,
     stage: str | None = None,
 ) -> Iterator[TrainingRun]:
     """The MLflow run of one seed of train@<variant> (or of `stage`), named and tagged (plus `tags`),
-    with its params and its training and validation datasets logged. It ends when the block ends
-    (after the seed's testing): FINISHED, or FAILED for a diverged run (and on an error), or KILLED
-    on Ctrl-C."""
+    with its params (`training_params`) and its training and validation datasets logged. It ends when
+    the block ends (after the seed's testing): FINISHED, or FAILED for a diverged run (and on an
+    error), or KILLED on Ctrl-C."""
     import mlflow
 
     tags = run_tags(
@@ -267,7 +269,10 @@ def training_run(
         dataset_sha256=",".join(data.source_sha256),
     ) | dict(tags or {})
     with tracked_run(experiment_id, name=run_name(variant, seed), tags=tags) as run:
-        mlflow.log_params(training_params(variant, seed, params, layers))
+        logged = training_params(
+            variant, seed, params, trainable_params=trainable_params, flops_per_image=flops_per_image
+        )
+        mlflow.log_params(logged)
         for split in ("train", "validation"):
             log_dataset(data, split)
         training = TrainingRun(run, experiment_id, variant, seed)

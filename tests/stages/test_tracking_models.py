@@ -15,7 +15,7 @@ from support import write_prepared
 
 from pipeline import prepared, registry, run_logging, tracking, training_logging
 from pipeline.config import Params, Variant, load_params
-from pipeline.models import build_model, describe
+from pipeline.models import build_model, describe, flops_per_image, trainable_params
 from pipeline.training import TrainResult
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,8 @@ def train_and_log(
     (model_dir / "spec.json").write_text("{}")
     pd.DataFrame({"step": history.steps, "loss": history.loss}).to_csv(model_dir / "history.csv", index=False)
     layers = describe(params.variants[variant], data.input_shape, data.num_classes)
-    with training_logging.training_run(store, variant, seed, params, data, layers) as run:
+    size = {"trainable_params": trainable_params(layers), "flops_per_image": flops_per_image(layers)}
+    with training_logging.training_run(store, variant, seed, params, data, **size) as run:
         run.log_steps(history)
         run.finish(network, history, record, model_dir, data)
         if tested is not None:
