@@ -5,7 +5,7 @@ experiment, that holds the report and points at the runs it summarizes."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ from pipeline.run_logging import context_tags, flatten, log_metrics, tracked_run
 
 if TYPE_CHECKING:
     from pipeline.config import Params
+    from pipeline.record import RunRecord
 
 # registered models: "deconvolution-<variant>", the best seed of the latest compare under CHAMPION
 REGISTERED_PREFIX = "deconvolution-"
@@ -37,30 +38,30 @@ def logged_model_id(run: Any) -> str | None:
     return models[-1].model_id if models else None
 
 
-def champion(records: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+def champion(records: Sequence[RunRecord]) -> RunRecord | None:
     """A variant's best run by final *validation* accuracy (never test), among the runs that trained;
     the lowest seed wins a tie. None when no run has a finite validation accuracy."""
     candidates = [
         r
         for r in records
-        if r.get("diverged_at_step") is None and r.get("val_accuracy") is not None and math.isfinite(r["val_accuracy"])
+        if r.diverged_at_step is None and r.val_accuracy is not None and math.isfinite(r.val_accuracy)
     ]
     if not candidates:
         return None
-    return min(candidates, key=lambda r: (-r["val_accuracy"], r["seed"]))
+    return min(candidates, key=lambda r: (-r.val_accuracy, r.seed))
 
 
-def register_champion(variant: str, record: Mapping[str, Any], dataset_name: str) -> Any:
+def register_champion(variant: str, record: RunRecord, dataset_name: str) -> Any:
     """Register a variant's champion run's logged model as `deconvolution-<variant>` (a new version
     only if this model has none yet) and point the `champion` alias at it. Returns the version."""
     import mlflow
 
     client = mlflow.MlflowClient()
     name = registered_name(variant)
-    training = client.get_run(record["run_id"])
+    training = client.get_run(record.run_id)
     model_id = logged_model_id(training)
     if model_id is None:
-        raise TrackingError(f"{run_name(variant, record['seed'])} has no logged model: rerun its train stage")
+        raise TrackingError(f"{run_name(variant, record.seed)} has no logged model: rerun its train stage")
     versions = client.search_model_versions(f"name = '{name}'")  # none yet: an empty list
     existing = [v for v in versions if model_id in (v.model_id, v.source.removeprefix("models:/"))]
     if existing:
@@ -71,8 +72,8 @@ def register_champion(variant: str, record: Mapping[str, Any], dataset_name: str
             name,
             tags={
                 "variant": variant,
-                "seed": str(record["seed"]),
-                "val_accuracy": str(record["val_accuracy"]),
+                "seed": str(record.seed),
+                "val_accuracy": str(record.val_accuracy),
                 "dataset": dataset_name,
                 "git.commit": training.data.tags.get("git.commit", "unknown"),
                 "dvc.experiment": training.data.tags.get("dvc.experiment", "workspace"),
@@ -85,16 +86,16 @@ def register_champion(variant: str, record: Mapping[str, Any], dataset_name: str
     return version
 
 
-def register_champions(records: list[Mapping[str, Any]], params: Params) -> dict[str, str]:
+def register_champions(records: Sequence[RunRecord], params: Params) -> dict[str, str]:
     """Register each variant's champion (see `champion`, `register_champion`); says what each got."""
     said = {}
     for variant in params.variants:
-        best = champion([r for r in records if r["variant"] == variant])
+        best = champion([r for r in records if r.variant == variant])
         if best is None:
             said[variant] = "no run trained; nothing registered"
             continue
         version = register_champion(variant, best, params.data.dataset)
-        said[variant] = f"version {version.version} ({run_name(variant, best['seed'])})"
+        said[variant] = f"version {version.version} ({run_name(variant, best.seed)})"
     return said
 
 

@@ -470,18 +470,3 @@ def progress_printer(name: str, config: TrainConfig) -> ProgressFn:
             )
 
     return show
-
-
-def run_record(result: TrainResult, config: TrainConfig) -> dict:
-    """What run.json keeps of a training run besides its identity and size: steps, outcome, timings."""
-    return {
-        "steps": result.steps_done,
-        "stopped_early_at": result.stopped_early_at,
-        "diverged_at_step": result.diverged_at,
-        "val_accuracy": result.final_val_accuracy,  # of the model as saved (restored best under early stopping)
-        "train_seconds": result.train_seconds,
-        "trace_seconds": result.trace_seconds,
-        "validation_seconds": result.validation_seconds,
-        "train_images_per_second": result.images_per_second(config.batch_size),
-        "threads": config.threads,
-    }

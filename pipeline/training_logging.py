@@ -19,6 +19,7 @@ from pipeline.tracking import project_root
 if TYPE_CHECKING:
     from pipeline.config import Params
     from pipeline.prepared import Prepared
+    from pipeline.record import RunRecord
 
 
 def model_name(variant: str, seed: int) -> str:
@@ -124,7 +125,8 @@ def log_dataset(data: Prepared, split: str) -> Any:
     return logged
 
 
-# run.json values logged as metrics at the end of training (val_accuracy is already a series)
+# the fields of run.json (pipeline.record.RunRecord) logged as metrics at the end of training
+# (val_accuracy is already a series)
 TRAINING_METRICS = (
     "train_seconds",
     "trace_seconds",
@@ -139,9 +141,9 @@ TRAINING_METRICS = (
 SINGLE_VALUE_STEP = 0
 
 
-def final_step(record: Mapping[str, Any]) -> int:
-    """The step a trained model's metrics are logged at: its last training step (run.json `steps`)."""
-    return max(int(record["steps"]) - 1, 0)
+def final_step(record: RunRecord) -> int:
+    """The step a trained model's metrics are logged at: its last training step."""
+    return max(int(record.steps) - 1, 0)
 
 
 class TrainingRun:
@@ -161,7 +163,7 @@ class TrainingRun:
     def log_steps(self, result: Any) -> None:
         self._steps.log(result)
 
-    def finish(self, network: Any, result: Any, record: Mapping[str, Any], model_dir: Path, data: Prepared) -> None:
+    def finish(self, network: Any, result: Any, record: RunRecord, model_dir: Path, data: Prepared) -> None:
         """Log what is left once the trained model and run.json are on disk: the model, linked to the
         last step's metrics, then run.json's single values (at SINGLE_VALUE_STEP, linked to the model by
         its id); a failure here is a TrackingError that says the results are safe."""
@@ -185,7 +187,8 @@ class TrainingRun:
                 step=step,
                 metadata={"variant": self.variant, "seed": self.seed, "classes": list(data.classes)},
             )
-            log_metrics({k: record.get(k) for k in TRAINING_METRICS}, step=SINGLE_VALUE_STEP, model_id=self.model_id)
+            singles = {name: getattr(record, name) for name in TRAINING_METRICS}
+            log_metrics(singles, step=SINGLE_VALUE_STEP, model_id=self.model_id)
         except Exception as exc:
             raise TrackingError(
                 f"{self.name}: training finished and its model and metrics are saved in {model_dir}, but logging"

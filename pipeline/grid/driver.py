@@ -271,7 +271,7 @@ def _log_task(
     if result is not None:
         line |= {"node": result.node, "pid": result.pid, "task_seconds": round(result.task_seconds, 4)}
         size = sum(len(content) for content in result.files.values())
-        line |= {"write_seconds": round(write, 4), "bytes": size, "run_id": result.record.get("run_id")}
+        line |= {"write_seconds": round(write, 4), "bytes": size, "run_id": result.record.run_id}
     if error is not None:
         line["error"] = error
     with open(out / TASKS_LOG, "a") as log:

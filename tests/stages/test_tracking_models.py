@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from support import write_prepared
+from support import run_record, write_prepared
 
 from pipeline import prepared, registry, run_logging, tracking, training_logging
 from pipeline.config import Params, Variant, load_params
@@ -77,7 +77,7 @@ def train_and_log(
     from pipeline.evaluation import per_class_table
 
     network = tiny_network()
-    record = {"variant": variant, "seed": seed, "steps": history.steps_done, "train_seconds": 1.5}
+    record = run_record(variant=variant, seed=seed, steps=history.steps_done, train_seconds=1.5)
     model_dir = tmp_path / "models" / variant / f"seed-{seed}"
     model_dir.mkdir(parents=True)
     (model_dir / "spec.json").write_text("{}")
@@ -173,16 +173,17 @@ def test_runs_show_their_datasets_with_the_splits_sha256_and_test_metrics_link_t
 
 
 def test_the_champion_is_the_best_seed_by_validation_never_by_test():
+    # (run records hold no test accuracy: seeds 1 and 3 would win by test)
     records = [
-        {"variant": "v", "seed": 1, "val_accuracy": 0.80, "test_accuracy": 0.95, "diverged_at_step": None},
-        {"variant": "v", "seed": 2, "val_accuracy": 0.90, "test_accuracy": 0.85, "diverged_at_step": None},
-        {"variant": "v", "seed": 3, "val_accuracy": 0.90, "test_accuracy": 0.99, "diverged_at_step": None},
-        {"variant": "v", "seed": 4, "val_accuracy": 0.99, "test_accuracy": 0.99, "diverged_at_step": 12},
-        {"variant": "v", "seed": 5, "val_accuracy": None, "test_accuracy": 0.10, "diverged_at_step": None},
+        run_record(variant="v", seed=1, val_accuracy=0.80),
+        run_record(variant="v", seed=2, val_accuracy=0.90),
+        run_record(variant="v", seed=3, val_accuracy=0.90),
+        run_record(variant="v", seed=4, val_accuracy=0.99, diverged_at_step=12),
+        run_record(variant="v", seed=5, val_accuracy=None),
     ]
-    assert registry.champion(records)["seed"] == 2  # best validation; the tie with seed 3 goes to the lower seed
+    assert registry.champion(records).seed == 2  # best validation; the tie with seed 3 goes to the lower seed
     assert registry.champion(records[3:]) is None
-    assert registry.champion([{**records[0], "val_accuracy": math.nan}]) is None
+    assert registry.champion([run_record(variant="v", seed=1, val_accuracy=math.nan)]) is None
 
 
 def test_register_champion_moves_the_alias_and_adds_no_version_for_an_unchanged_model(
@@ -191,8 +192,8 @@ def test_register_champion_moves_the_alias_and_adds_no_version_for_an_unchanged_
     monkeypatch.setenv("DVC_EXP_NAME", "lr-0.01")
     run_1, model_1 = train_and_log(store, data, params, tmp_path, "baseline", 1, result(5))
     run_2, model_2 = train_and_log(store, data, params, tmp_path, "baseline", 2, result(5))
-    first = {"variant": "baseline", "seed": 1, "run_id": run_1, "val_accuracy": 0.8}
-    second = {"variant": "baseline", "seed": 2, "run_id": run_2, "val_accuracy": 0.8}
+    first = run_record(variant="baseline", seed=1, run_id=run_1, val_accuracy=0.8)
+    second = run_record(variant="baseline", seed=2, run_id=run_2, val_accuracy=0.8)
     client = mlflow.MlflowClient()
     v1 = registry.register_champion("baseline", first, "tiny")
     assert registry.register_champion("baseline", first, "tiny").version == v1.version  # a rerun: same version
