@@ -92,7 +92,7 @@ def ours_images_per_second(spec, config, x, y, steps: int, store: Path) -> tuple
 
     Returns images/s over the whole of train() but its tracing (validation on 500 images every 100
     steps and MLflow logging included: the peer does neither), and over the step loop alone."""
-    from pipeline import tracking
+    from pipeline import run_logging, tracking
     from pipeline.models import build_model
     from pipeline.training import Trainer, seed_everything, train
 
@@ -101,8 +101,8 @@ def ours_images_per_second(spec, config, x, y, steps: int, store: Path) -> tuple
     model = build_model(spec, x.shape[1:], 10, initializer=config.initializer, seed=1)
     trainer = Trainer(model, config, x, y)
 
-    with tracking.tracked_run(tracking.connect(store)):
-        step_logger = tracking.StepLogger()  # the train stage's own per-chunk logging
+    with run_logging.tracked_run(tracking.connect(store)):
+        step_logger = run_logging.StepLogger()  # the train stage's own per-chunk logging
         start = time.perf_counter()
         result = train(trainer, x[:500], y[:500], seed=1, on_chunk=step_logger.log)
         step_logger.close(result)

@@ -11,9 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import DataError
+
+if TYPE_CHECKING:
+    from pipeline.record import MetricsRecord, RunRecord
 
 
 @contextmanager
@@ -72,7 +75,7 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path} is not valid JSON ({exc}): rerun the stage that writes it") from None
 
 
-def write_trained(directory: Path, model: Any, result: Any, *, spec: dict, run: dict) -> None:
+def write_trained(directory: Path, model: Any, result: Any, *, spec: dict, run: RunRecord) -> None:
     """A train stage's outputs, all or nothing: model.keras, history.csv (every step),
     validation.csv, spec.json (the resolved variant) and run.json (timings, counts, run id)."""
     import pandas as pd
@@ -86,16 +89,16 @@ def write_trained(directory: Path, model: Any, result: Any, *, spec: dict, run: 
             {"step": result.val_steps, "val_loss": result.val_loss, "val_accuracy": result.val_accuracy}
         ).to_csv(out / "validation.csv", index=False)
         write_json(out / "spec.json", spec)
-        write_json(out / "run.json", run)
+        write_json(out / "run.json", run.to_json())
 
 
-def write_evaluation(plots: Path, metrics_file: Path, record: dict, pairs: Any, figure: Any) -> None:
+def write_evaluation(plots: Path, metrics_file: Path, record: MetricsRecord, pairs: Any, figure: Any) -> None:
     """An evaluate stage's outputs: plots/.../confusion.csv and confusion.png (all or nothing), then
     the metrics JSON (atomic)."""
     with atomic_dir(plots) as out:
         pairs.to_csv(out / "confusion.csv", index=False)
         figure.savefig(out / "confusion.png", dpi=100, bbox_inches="tight")
-    write_json(metrics_file, record)
+    write_json(metrics_file, record.to_json())
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipeline.record import MetricsRecord, RunRecord
 from pipeline.training import cross_entropy_and_accuracy, predict_logits
 
 
@@ -59,19 +59,19 @@ def evaluate(predict: Callable, x: np.ndarray, y: np.ndarray, num_classes: int, 
     return dataclasses.replace(evaluate_logits(logits, y, num_classes), images_per_second=images_per_second)
 
 
-def metrics_record(run: dict[str, Any], evaluation: Evaluation, classes: Sequence[str], batch_size: int) -> dict:
+def metrics_record(run: RunRecord, evaluation: Evaluation, classes: Sequence[str], batch_size: int) -> MetricsRecord:
     """metrics/<variant>/seed-<n>.json: the run's identity and its test metrics."""
-    return {
-        "variant": run["variant"],
-        "seed": run["seed"],
-        "run_id": run["run_id"],
-        "test_accuracy": evaluation.test_accuracy,
-        "test_loss": evaluation.test_loss,
-        "inference_images_per_second": evaluation.images_per_second,
-        "eval_batch_size": batch_size,
-        "test_examples": int(evaluation.confusion.sum()),
-        "per_class_accuracy": dict(zip(classes, evaluation.per_class_accuracy, strict=True)),
-    }
+    return MetricsRecord(
+        variant=run.variant,
+        seed=run.seed,
+        run_id=run.run_id,
+        test_accuracy=evaluation.test_accuracy,
+        test_loss=evaluation.test_loss,
+        inference_images_per_second=evaluation.images_per_second,
+        eval_batch_size=batch_size,
+        test_examples=int(evaluation.confusion.sum()),
+        per_class_accuracy=dict(zip(classes, evaluation.per_class_accuracy, strict=True)),
+    )
 
 
 def per_class_table(evaluation: Evaluation, classes: Sequence[str]) -> pd.DataFrame:

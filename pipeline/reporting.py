@@ -92,7 +92,7 @@ def build_report(
     """The comparison of every variant x seed run: tables, statistics, curves and figures.
 
     ``models`` maps a variant with upsampling layers to (seed, trained Keras model) of its champion
-    (tracking.champion: the best seed by validation accuracy), whose feature maps are drawn for a few
+    (registry.champion: the best seed by validation accuracy), whose feature maps are drawn for a few
     test images. The learning curves (figures and `dvc plots` CSVs) and the confusion matrices are
     over the runs that trained (not collapsed_run), and say so.
     """

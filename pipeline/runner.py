@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import artifacts, evaluation, models, paths, tracking, training
+from pipeline import artifacts, evaluation, models, paths, training, training_logging
 from pipeline.confusion_figure import confusion_matrix_figure
+from pipeline.record import MetricsRecord, RunRecord
 from pipeline.runtime.stage import stage_peak_memory_mb
 
 if TYPE_CHECKING:
@@ -74,9 +75,9 @@ class Runner:
         tags: Mapping[str, str] | None = None,
         stage: str | None = None,
         before_start: Callable[[str], None] | None = None,
-    ) -> dict:
+    ) -> tuple[RunRecord, MetricsRecord]:
         """Train, test, write the files under `outputs` and log the MLflow run of one variant x seed;
-        returns its run.json record and test metrics in one dict (as `results.collect` reads them).
+        returns what its run.json and its metrics JSON hold.
 
         `tags` go on the MLflow run beside the usual ones, `stage` replaces its `stage` tag (default
         train@<variant>), and `before_start(key)` is called with the run's key just before its MLflow
@@ -84,6 +85,8 @@ class Runner:
         params, data = self.params, self.data
         spec, config = params.variant(variant), params.train
         layers = models.check_variant(variant, spec, data.input_shape, data.num_classes)
+        # counted once, for the MLflow params (logged as the run starts) and for run.json
+        trainable, flops = models.trainable_params(layers), models.flops_per_image(layers)
         name = paths.run_name(variant, seed)
         key = run_key(params, variant, seed, data)
         trainer = training.build_trainer(
@@ -93,21 +96,39 @@ class Runner:
         self._trainers[variant] = trainer
         if before_start is not None:
             before_start(key)
-        with tracking.training_run(
-            self.experiment_id, variant, seed, params, data, layers, tags={"run_key": key, **(tags or {})}, stage=stage
+        with training_logging.training_run(
+            self.experiment_id,
+            variant,
+            seed,
+            params,
+            data,
+            trainable_params=trainable,
+            flops_per_image=flops,
+            tags={"run_key": key, **(tags or {})},
+            stage=stage,
         ) as run:
             progress = (run.log_steps, training.progress_printer(f"{name}{label}", config))
             result = training.run(trainer, data, seed=seed, name=name, on_chunk=progress)
-            record = {
-                "variant": variant,
-                "seed": seed,
-                "run_id": run.run_id,
-                "experiment_id": run.experiment_id,
-                "run_key": key,
-                **training.run_record(result, config, layers),
-                "data_scaling": data.scaling,  # what `python -m pipeline predict` scales a file's pixels with
-                "peak_memory_mb": stage_peak_memory_mb(),
-            }
+            record = RunRecord(
+                variant=variant,
+                seed=seed,
+                run_id=run.run_id,
+                experiment_id=run.experiment_id,
+                run_key=key,
+                steps=result.steps_done,
+                stopped_early_at=result.stopped_early_at,
+                diverged_at_step=result.diverged_at,
+                val_accuracy=result.final_val_accuracy,
+                train_seconds=result.train_seconds,
+                trace_seconds=result.trace_seconds,
+                validation_seconds=result.validation_seconds,
+                train_images_per_second=result.images_per_second(config.batch_size),
+                threads=config.threads,
+                trainable_params=trainable,
+                flops_per_image=flops,
+                data_scaling=data.scaling,
+                peak_memory_mb=stage_peak_memory_mb(),
+            )
             model_dir, plots, metrics_file = outputs.of(variant, seed)
             # the trained model and its metrics reach the disk before anything else can fail
             artifacts.write_trained(
@@ -130,9 +151,9 @@ class Runner:
             run.log_evaluation(tested, data, plots / "confusion.png", evaluation.per_class_table(tested, data.classes))
         print(
             f"{name}: trained {result.steps_done} steps in {result.train_seconds:.1f}s"
-            f" ({record['train_images_per_second']:,.0f} images/s), val_accuracy {record['val_accuracy']},"
+            f" ({record.train_images_per_second:,.0f} images/s), val_accuracy {record.val_accuracy},"
             f" test_accuracy {tested.test_accuracy:.4f} ({tested.images_per_second:,.0f} images/s at batch"
             f" {params.evaluate.batch_size})",
             file=sys.stderr,
         )
-        return {**record, **metrics}
+        return record, metrics

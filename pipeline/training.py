@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
-    from pipeline.models import LayerInfo
     from pipeline.prepared import Prepared
 
 
@@ -487,22 +486,3 @@ def progress_printer(name: str, config: TrainConfig) -> ProgressFn:
             )
 
     return show
-
-
-def run_record(result: TrainResult, config: TrainConfig, layers: list[LayerInfo]) -> dict:
-    """What run.json keeps of a training run besides its identity: steps, outcome, timings, size."""
-    from pipeline.models import flops_per_image, trainable_params
-
-    return {
-        "steps": result.steps_done,
-        "stopped_early_at": result.stopped_early_at,
-        "diverged_at_step": result.diverged_at,
-        "val_accuracy": result.final_val_accuracy,  # of the model as saved (restored best under early stopping)
-        "train_seconds": result.train_seconds,
-        "trace_seconds": result.trace_seconds,
-        "validation_seconds": result.validation_seconds,
-        "train_images_per_second": result.images_per_second(config.batch_size),
-        "threads": config.threads,
-        "trainable_params": trainable_params(layers),
-        "flops_per_image": flops_per_image(layers),
-    }

@@ -41,7 +41,7 @@ from pipeline import paths  # noqa: E402
 
 EXPERIMENT = "deconvolution"
 RUN_NAME = re.compile(r"(?P<variant>[\w.-]+)/seed-(?P<seed>\d+)")  # pipeline.paths.run_name
-MODEL_NAME = re.compile(r"[\w.-]+-seed\d+")  # pipeline.tracking.model_name
+MODEL_NAME = re.compile(r"[\w.-]+-seed\d+")  # pipeline.training_logging.model_name
 NUMBER = r"-?\d[\d.e+-]*|NaN"
 ML = "workflowType=machine_learning"  # MLflow 3.17's switch to its model-training pages (docs/ui.md)
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -368,7 +368,7 @@ def models_tab(page: Page, exp: str) -> None:
 def model_page(page: Page, exp: str, model_id: str | None, run_metrics: dict[str, float | None]) -> None:
     """A logged model's page: the metrics of its trained run's end (loss, val_accuracy: the last
     step's, not step 0's) and its single values (test_accuracy, train_seconds: logged at step 0 and
-    linked to the model by its id, pipeline.tracking.SINGLE_VALUE_STEP)."""
+    linked to the model by its id, pipeline.training_logging.SINGLE_VALUE_STEP)."""
     if model_id is None:
         return check(False, "the run has a logged model", "none")
     text = page.open(f"experiments/{exp}/models/{model_id}?{ML}", "Metrics", "Source run")

@@ -314,3 +314,30 @@ def wait_for_server(
         except OSError:
             time.sleep(1)
     pytest.fail(f"the MLflow server did not answer {path} within {timeout} s:\n" + Path(log).read_text())
+
+
+def run_record(**fields: Any) -> Any:
+    """A pipeline.record.RunRecord with plausible values; `fields` replace any of them."""
+    from pipeline.record import RunRecord
+
+    values = {
+        "variant": "baseline",
+        "seed": 1,
+        "run_id": "run1",
+        "experiment_id": "1",
+        "run_key": "key1",
+        "steps": 5,
+        "stopped_early_at": None,
+        "diverged_at_step": None,
+        "val_accuracy": 0.5,
+        "train_seconds": 1.5,
+        "trace_seconds": 0.5,
+        "validation_seconds": 0.25,
+        "train_images_per_second": 80.0,
+        "threads": 1,
+        "trainable_params": 10,
+        "flops_per_image": 20,
+        "data_scaling": "unit",
+        "peak_memory_mb": 300.0,
+    }
+    return RunRecord(**(values | fields))

@@ -129,7 +129,7 @@ def run_grid(
     tasks = [(variant, seed) for variant in variants for seed in seeds]
     keys = {task: run_key(params, *task, data) for task in tasks}
     # variant by variant: a worker's next run is mostly of the variant it just ran (seed by seed
-    # measured slower: 1.17x against 1.31x over the serial path, docs/performance.md)
+    # measured slower over the serial path, docs/performance.md)
     todo = deque(task for task in tasks if not is_finished(out, *task, keys[task]))
     tally = Tally(total=len(tasks), skipped=len(tasks) - len(todo))
     out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +271,7 @@ def _log_task(
     if result is not None:
         line |= {"node": result.node, "pid": result.pid, "task_seconds": round(result.task_seconds, 4)}
         size = sum(len(content) for content in result.files.values())
-        line |= {"write_seconds": round(write, 4), "bytes": size, "run_id": result.record.get("run_id")}
+        line |= {"write_seconds": round(write, 4), "bytes": size, "run_id": result.record.run_id}
     if error is not None:
         line["error"] = error
     with open(out / TASKS_LOG, "a") as log:

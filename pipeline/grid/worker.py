@@ -15,7 +15,10 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.record import MetricsRecord, RunRecord
 
 # packages whose versions must match between the driver and every worker: they decide the numbers
 # (tensorflow, keras, numpy), the files (mlflow, pandas) or whether a task can run at all
@@ -27,10 +30,11 @@ _runner: tuple[tuple[str, str], Any] | None = None
 
 @dataclass(frozen=True)
 class TaskResult:
-    """A finished run as it travels back to the driver: its record (run.json and test metrics), its
+    """A finished run as it travels back to the driver: what its run.json and metrics JSON hold, its
     files ({path relative to the output root: bytes}), where it ran and how long the task took."""
 
-    record: dict
+    record: RunRecord
+    metrics: MetricsRecord
     files: dict[str, bytes]
     node: str
     pid: int
@@ -106,7 +110,7 @@ def run_task(
     scratch = Path(tempfile.mkdtemp(prefix="grid-run-"))
     try:
         roots = OutputRoots(scratch / "models", scratch / "metrics", scratch / "plots")
-        record = runner.run(
+        record, metrics = runner.run(
             variant,
             seed,
             roots,
@@ -122,4 +126,4 @@ def run_task(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     sys.stderr.flush()
-    return TaskResult(record, files, _node_id(), os.getpid(), time.perf_counter() - started)
+    return TaskResult(record, metrics, files, _node_id(), os.getpid(), time.perf_counter() - started)

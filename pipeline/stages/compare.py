@@ -8,8 +8,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline import artifacts, models, paths, prepared, reporting, tracking
+from pipeline import artifacts, models, paths, prepared, registry, reporting, tracking
 from pipeline.config import load_params
+from pipeline.record import RunRecord
 from pipeline.runtime.stage import run_stage
 
 
@@ -30,23 +31,24 @@ def main(argv: list[str] | None = None) -> None:
         for variant in params.variants
         for seed in seeds
     ]
+    runs = [RunRecord.from_json(output.record) for output in outputs]
     # feature maps of each variant's champion: the run the registry's @champion alias points at
     champions = {}
     for variant, spec in params.variants.items():
         if not models.upsampling_layer_names(spec):
             continue
-        best = tracking.champion([o.record for o in outputs if o.record["variant"] == variant])
+        best = registry.champion([run for run in runs if run.variant == variant])
         if best is None:
             print(f"{variant}: no feature maps, no run has a finite validation accuracy", file=sys.stderr)
             continue
-        seed = best["seed"]
+        seed = best.seed
         champions[variant] = (seed, artifacts.load_model(paths.model_dir(variant, seed, args.models)))
     report = reporting.build_report(outputs, prepared.load(args.data), params, champions)
     artifacts.write_report(args.out, report)
     reports = tracking.connect(reports=True)  # the registry needs only the store
-    for variant, line in tracking.register_champions([o.record for o in outputs], params).items():
-        print(f"{tracking.registered_name(variant)}@{tracking.CHAMPION}: {line}", file=sys.stderr)
-    tracking.log_summary_run(reports, params, report.metrics, args.out, list(report.runs["run_id"]))
+    for variant, line in registry.register_champions(runs, params).items():
+        print(f"{registry.registered_name(variant)}@{registry.CHAMPION}: {line}", file=sys.stderr)
+    registry.log_summary_run(reports, params, report.metrics, args.out, list(report.runs["run_id"]))
     print(report.markdown, file=sys.stderr)
 
 

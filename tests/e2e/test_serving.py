@@ -1,7 +1,7 @@
 """The champion served by `mlflow models serve` answers what `python -m pipeline predict` answers, and
 what a learned model should: the request formats a user can send, checked against a live server. The
-model is logged as the train stage logs it (pipeline.tracking.log_keras_model) and registered as the
-compare stage registers a champion."""
+model is logged as the train stage logs it (pipeline.training_logging.log_keras_model) and registered
+as the compare stage registers a champion."""
 
 from __future__ import annotations
 
@@ -57,12 +57,12 @@ def log_and_register(network, artifacts: Path) -> str:
     """Log `network` the way the train stage does and register it as NAME@champion; its model id."""
     import mlflow
 
-    from pipeline import tracking
+    from pipeline import training_logging
 
     experiment = mlflow.create_experiment("deconvolution", artifact_location=artifacts.as_uri())
     sample, _ = learnable_images(2, np.random.default_rng(7))  # uint8 N x 28 x 28, as an IDX file holds them
     with mlflow.start_run(experiment_id=experiment, run_name=RUN_NAME):
-        model_id = tracking.log_keras_model(
+        model_id = training_logging.log_keras_model(
             network, sample, name=RUN_NAME, scaling=SCALING, metadata={"classes": [str(k) for k in range(10)]}
         )
     version = mlflow.register_model(f"models:/{model_id}", NAME)

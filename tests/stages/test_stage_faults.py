@@ -204,7 +204,7 @@ def test_credentials_in_the_environment_are_never_logged(project: Path):
 
 def test_an_mlflow_failure_during_training_keeps_the_model_and_its_metrics(project: Path, monkeypatch):
     edit_params(project, threads=_cores())  # in this process TensorFlow may already run, one thread per core
-    from pipeline import tracking
+    from pipeline import run_logging
     from pipeline.errors import TrackingError
     from pipeline.stages import train as train_stage
 
@@ -215,7 +215,7 @@ def test_an_mlflow_failure_during_training_keeps_the_model_and_its_metrics(proje
     def broken(*args, **kwargs):
         raise ConnectionError("tracking server went away")
 
-    monkeypatch.setattr(tracking, "log_steps", broken)
+    monkeypatch.setattr(run_logging, "log_steps", broken)
     saved = model_dir(project)
     message = f"saved in {saved.relative_to(project)}, but logging to MLflow failed"
     with pytest.raises(TrackingError, match=re.escape(message)):
@@ -230,13 +230,13 @@ def test_a_flaky_tracking_store_loses_no_steps(project: Path, monkeypatch):
     edit_params(project, threads=_cores())  # in this process TensorFlow may already run, one thread per core
     import mlflow
 
-    from pipeline import tracking
+    from pipeline import run_logging
     from pipeline.stages import train as train_stage
 
     monkeypatch.chdir(project)
     for key in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
         monkeypatch.delenv(key, raising=False)
-    real, calls = tracking.log_steps, []
+    real, calls = run_logging.log_steps, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -244,7 +244,7 @@ def test_a_flaky_tracking_store_loses_no_steps(project: Path, monkeypatch):
             raise ConnectionError("timeout")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tracking, "log_steps", flaky)
+    monkeypatch.setattr(run_logging, "log_steps", flaky)
     train_stage.main(train_args(project))
     (run,) = runs(project)
     assert run.info.status == "FINISHED"

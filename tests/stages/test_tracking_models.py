@@ -11,11 +11,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from support import write_prepared
+from support import run_record, write_prepared
 
-from pipeline import prepared, tracking
+from pipeline import prepared, registry, run_logging, tracking, training_logging
 from pipeline.config import Params, Variant, load_params
-from pipeline.models import build_model, describe
+from pipeline.models import build_model, describe, flops_per_image, trainable_params
 from pipeline.training import TrainResult
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,13 +77,14 @@ def train_and_log(
     from pipeline.evaluation import per_class_table
 
     network = tiny_network()
-    record = {"variant": variant, "seed": seed, "steps": history.steps_done, "train_seconds": 1.5}
+    record = run_record(variant=variant, seed=seed, steps=history.steps_done, train_seconds=1.5)
     model_dir = tmp_path / "models" / variant / f"seed-{seed}"
     model_dir.mkdir(parents=True)
     (model_dir / "spec.json").write_text("{}")
     pd.DataFrame({"step": history.steps, "loss": history.loss}).to_csv(model_dir / "history.csv", index=False)
     layers = describe(params.variants[variant], data.input_shape, data.num_classes)
-    with tracking.training_run(store, variant, seed, params, data, layers) as run:
+    size = {"trainable_params": trainable_params(layers), "flops_per_image": flops_per_image(layers)}
+    with training_logging.training_run(store, variant, seed, params, data, **size) as run:
         run.log_steps(history)
         run.finish(network, history, record, model_dir, data)
         if tested is not None:
@@ -106,7 +107,7 @@ def test_the_logged_model_is_named_has_an_input_example_and_carries_the_last_ste
     assert linked["loss"] == (40, pytest.approx(2.3 - 0.01 * 30.5))
     assert linked["accuracy"] == (40, pytest.approx(0.1 + 0.001 * 30.5))
     assert linked["val_accuracy"] == (40, 0.8)
-    assert linked["train_seconds"] == (tracking.SINGLE_VALUE_STEP, 1.5)  # one value: a bar in the UI
+    assert linked["train_seconds"] == (training_logging.SINGLE_VALUE_STEP, 1.5)  # one value: a bar in the UI
     # an input example of raw pixels (0..255), N x 28 x 28 as image files hold them and the served model takes them
     info = mlflow.models.get_model_info(f"models:/{model_id}")
     assert info.metadata["data.scaling"] == data.scaling == "unit"
@@ -153,11 +154,11 @@ def test_runs_show_their_datasets_with_the_splits_sha256_and_test_metrics_link_t
         assert logged.dataset.digest == data.split_sha256[split][:36]
         tags = {t.key: t.value for t in logged.tags}
         assert tags["sha256"] == data.split_sha256[split]
-        assert tags["mlflow.data.context"] == tracking.DATASET_CONTEXT[split]
+        assert tags["mlflow.data.context"] == training_logging.DATASET_CONTEXT[split]
     model = mlflow.get_logged_model(model_id)
     test_metrics = {m.key: m for m in model.metrics if m.key.startswith("test_")}
     assert test_metrics["test_accuracy"].value == 0.9
-    assert test_metrics["test_accuracy"].step == tracking.SINGLE_VALUE_STEP
+    assert test_metrics["test_accuracy"].step == training_logging.SINGLE_VALUE_STEP
     assert test_metrics["test_accuracy"].dataset_name == "tiny-test"
     assert test_metrics["test_accuracy"].dataset_digest == data.split_sha256["test"][:36]
     assert run.data.metrics["test_accuracy"] == 0.9
@@ -172,16 +173,17 @@ def test_runs_show_their_datasets_with_the_splits_sha256_and_test_metrics_link_t
 
 
 def test_the_champion_is_the_best_seed_by_validation_never_by_test():
+    # (run records hold no test accuracy: seeds 1 and 3 would win by test)
     records = [
-        {"variant": "v", "seed": 1, "val_accuracy": 0.80, "test_accuracy": 0.95, "diverged_at_step": None},
-        {"variant": "v", "seed": 2, "val_accuracy": 0.90, "test_accuracy": 0.85, "diverged_at_step": None},
-        {"variant": "v", "seed": 3, "val_accuracy": 0.90, "test_accuracy": 0.99, "diverged_at_step": None},
-        {"variant": "v", "seed": 4, "val_accuracy": 0.99, "test_accuracy": 0.99, "diverged_at_step": 12},
-        {"variant": "v", "seed": 5, "val_accuracy": None, "test_accuracy": 0.10, "diverged_at_step": None},
+        run_record(variant="v", seed=1, val_accuracy=0.80),
+        run_record(variant="v", seed=2, val_accuracy=0.90),
+        run_record(variant="v", seed=3, val_accuracy=0.90),
+        run_record(variant="v", seed=4, val_accuracy=0.99, diverged_at_step=12),
+        run_record(variant="v", seed=5, val_accuracy=None),
     ]
-    assert tracking.champion(records)["seed"] == 2  # best validation; the tie with seed 3 goes to the lower seed
-    assert tracking.champion(records[3:]) is None
-    assert tracking.champion([{**records[0], "val_accuracy": math.nan}]) is None
+    assert registry.champion(records).seed == 2  # best validation; the tie with seed 3 goes to the lower seed
+    assert registry.champion(records[3:]) is None
+    assert registry.champion([run_record(variant="v", seed=1, val_accuracy=math.nan)]) is None
 
 
 def test_register_champion_moves_the_alias_and_adds_no_version_for_an_unchanged_model(
@@ -190,11 +192,11 @@ def test_register_champion_moves_the_alias_and_adds_no_version_for_an_unchanged_
     monkeypatch.setenv("DVC_EXP_NAME", "lr-0.01")
     run_1, model_1 = train_and_log(store, data, params, tmp_path, "baseline", 1, result(5))
     run_2, model_2 = train_and_log(store, data, params, tmp_path, "baseline", 2, result(5))
-    first = {"variant": "baseline", "seed": 1, "run_id": run_1, "val_accuracy": 0.8}
-    second = {"variant": "baseline", "seed": 2, "run_id": run_2, "val_accuracy": 0.8}
+    first = run_record(variant="baseline", seed=1, run_id=run_1, val_accuracy=0.8)
+    second = run_record(variant="baseline", seed=2, run_id=run_2, val_accuracy=0.8)
     client = mlflow.MlflowClient()
-    v1 = tracking.register_champion("baseline", first, "tiny")
-    assert tracking.register_champion("baseline", first, "tiny").version == v1.version  # a rerun: same version
+    v1 = registry.register_champion("baseline", first, "tiny")
+    assert registry.register_champion("baseline", first, "tiny").version == v1.version  # a rerun: same version
     assert len(client.search_model_versions("name = 'deconvolution-baseline'")) == 1
     champion = client.get_model_version_by_alias("deconvolution-baseline", "champion")
     assert champion.version == v1.version
@@ -202,7 +204,7 @@ def test_register_champion_moves_the_alias_and_adds_no_version_for_an_unchanged_
     assert champion.tags["dvc.experiment"] == "lr-0.01"
     assert champion.tags["git.commit"] == mlflow.get_run(run_1).data.tags["git.commit"]
     assert champion.tags["seed"] == "1"
-    v2 = tracking.register_champion("baseline", second, "tiny")
+    v2 = registry.register_champion("baseline", second, "tiny")
     assert v2.version != v1.version
     assert client.get_model_version_by_alias("deconvolution-baseline", "champion").version == v2.version
     loaded = mlflow.keras.load_model("models:/deconvolution-baseline@champion")
@@ -234,11 +236,11 @@ def test_system_metrics_are_opt_in_and_sampled_every_second(tmp_path: Path, monk
         monkeypatch.delenv(key, raising=False)
     monkeypatch.delenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", raising=False)
     experiment = tracking.connect()
-    with tracking.tracked_run(experiment, name="off") as off:
+    with run_logging.tracked_run(experiment, name="off") as off:
         time.sleep(2.5)
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
     experiment = tracking.connect()
-    with tracking.tracked_run(experiment, name="on") as on:
+    with run_logging.tracked_run(experiment, name="on") as on:
         time.sleep(2.5)
     assert not [k for k in mlflow.get_run(off.info.run_id).data.metrics if k.startswith("system/")]
     history = mlflow.MlflowClient().get_metric_history(on.info.run_id, "system/cpu_utilization_percentage")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from support import run_record
 
 from pipeline.evaluation import confusion_pairs, evaluate_logits, metrics_record
 
@@ -32,10 +33,10 @@ def test_accuracy_loss_per_class_and_confusion():
 
 def test_metrics_record_and_confusion_pairs():
     result = evaluate_logits(LOGITS, LABELS, 3)
-    run = {"variant": "transposed", "seed": 2, "run_id": "abc", "other": 1}
+    run = run_record(variant="transposed", seed=2, run_id="abc")
     record = metrics_record(run, result, ("a", "b", "c"), batch_size=1000)
-    assert record["variant"] == "transposed" and record["seed"] == 2 and record["run_id"] == "abc"
-    assert record["test_accuracy"] == 0.75 and record["test_examples"] == 4 and record["eval_batch_size"] == 1000
-    assert record["per_class_accuracy"] == {"a": 1.0, "b": 1.0, "c": 0.5}
+    assert (record.variant, record.seed, record.run_id) == ("transposed", 2, "abc")
+    assert record.test_accuracy == 0.75 and record.test_examples == 4 and record.eval_batch_size == 1000
+    assert record.per_class_accuracy == {"a": 1.0, "b": 1.0, "c": 0.5}
     pairs = confusion_pairs(result.confusion, ("a", "b", "c"))
     assert sorted(map(tuple, pairs.to_numpy().tolist())) == [("a", "a"), ("b", "b"), ("c", "b"), ("c", "c")]
