@@ -16,7 +16,7 @@ import pandas as pd
 from pipeline import statistics
 from pipeline.errors import DataError
 from pipeline.paths import run_name
-from pipeline.training import windowed_mean
+from pipeline.windows import windowed_mean
 
 CURVE_COLUMNS = ["variant", "step", "mean", "std", "low", "high", "n"]
 
@@ -51,7 +51,7 @@ def run_curves(
     histories: Mapping[tuple[str, int], pd.DataFrame], column: str, window: int | None = None
 ) -> pd.DataFrame:
     """Every run's ``column`` against step, in long form (variant, seed, step, value), smoothed per run
-    over ``window`` steps when given (per-step minibatch loss is noisy) by training.windowed_mean, as
+    over ``window`` steps when given (per-step minibatch loss is noisy) by windows.windowed_mean, as
     MLflow's training metrics are. A history without ``step`` or ``column`` is a DataError naming the
     run."""
     frames = []

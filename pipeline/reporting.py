@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipeline import training
+from pipeline import windows
 from pipeline.paths import run_name
 from pipeline.pooled import curve_table, learning_curves, run_curves, trained_accuracy, trained_confusions
 from pipeline.summary_numbers import RUN_COLUMNS, collapsed_run, runs_table, summarize
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from pipeline.prepared import Prepared
 
 FEATURE_MAP_IMAGES = 3
-LOSS_WINDOW = training.LOSS_WINDOW  # the window MLflow's training metrics use too
+LOSS_WINDOW = windows.LOSS_WINDOW  # the window MLflow's training metrics use too
 
 
 @dataclass

@@ -181,7 +181,7 @@ class StepLogger:
     def _send(self, result: Any, logged: int, val_logged: int, steps: int, val_steps: int) -> tuple[int, int]:
         """Log the history between the given lengths (taken by the training thread, between chunks):
         the training metrics as windowed means (`windowed_history`), the validations as they are."""
-        from pipeline.training import windowed_history
+        from pipeline.windows import windowed_history
 
         log_steps(*windowed_history(result, logged, steps), self.run_id)
         log_steps(

@@ -218,7 +218,8 @@ def test_chief_from_tf_config(monkeypatch):
 
 
 def test_windowed_history_is_the_20_step_mean_at_window_ends_and_validations_however_it_is_sent():
-    from pipeline.training import TrainResult, windowed_history
+    from pipeline.training import TrainResult
+    from pipeline.windows import windowed_history
 
     rng = np.random.default_rng(0)
     result = TrainResult(steps=list(range(61)), loss=list(rng.random(61)), accuracy=list(rng.random(61)))
@@ -239,7 +240,8 @@ def test_windowed_mean_is_the_one_smoothing_of_mlflow_and_the_report():
     history leaves out a window that holds one, so a diverged run's last means are not logged."""
     import math
 
-    from pipeline.training import TrainResult, windowed_history, windowed_mean
+    from pipeline.training import TrainResult
+    from pipeline.windows import windowed_history, windowed_mean
 
     values = [3.0, 1.0, 2.0, 6.0, math.nan, math.inf, 4.0, 5.0, 6.0]
     # (3)/1, (3+1)/2, (3+1+2)/3, (1+2+6)/3, (2+6)/2, (6)/1, (4)/1, (4+5)/2, (4+5+6)/3
