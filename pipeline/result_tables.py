@@ -61,7 +61,7 @@ def _median_range(values: pd.Series) -> str:
 
 def step0_table(results: pd.DataFrame) -> pd.DataFrame:
     """Per variant: runs that trained, the loss at step 0 (median [min, max]) of the runs that trained
-    and of those that died, how many runs diverged, and how many stopped early and at which steps."""
+    and of those that did not (died or stalled), how many runs diverged, and how many stopped early and at which steps."""
     rows = []
     for variant, group in results.groupby("variant", sort=False):
         alive, dead = group[group["trained"]], group[~group["trained"]]
@@ -71,7 +71,7 @@ def step0_table(results: pd.DataFrame) -> pd.DataFrame:
                 "variant": variant,
                 "trained": f"{len(alive)}/{len(group)}",
                 "step-0 loss, trained: median [range]": _median_range(alive["step0_loss"]),
-                "step-0 loss, died: median [range]": _median_range(dead["step0_loss"]),
+                "step-0 loss, did not train: median [range]": _median_range(dead["step0_loss"]),
                 "diverged (NaN loss)": int(group["diverged_at_step"].notna().sum()),
                 "stopped early: runs, at steps": (
                     f"{len(stopped)}/{len(group)}, {', '.join(str(int(s)) for s in sorted(set(stopped)))}"

@@ -303,11 +303,11 @@ def test_step0_table_by_hand(collected):
     # transposed: trained seeds 1, 3 -> 9.1, 9.3 (median 9.2); died seeds 2, 4 -> 9.2, 9.4 (median 9.3)
     assert step0.loc["transposed", "trained"] == "2/4"
     assert step0.loc["transposed", "step-0 loss, trained: median [range]"] == "9.2 [9.1, 9.3]"
-    assert step0.loc["transposed", "step-0 loss, died: median [range]"] == "9.3 [9.2, 9.4]"
+    assert step0.loc["transposed", "step-0 loss, did not train: median [range]"] == "9.3 [9.2, 9.4]"
     assert step0.loc["transposed", "diverged (NaN loss)"] == 1
     # baseline: 2.4, 2.5, 2.6, 2.7 -> median 2.55; no run died; seed 3 stopped early at step 800
     assert step0.loc["baseline", "step-0 loss, trained: median [range]"] == "2.55 [2.4, 2.7]"
-    assert step0.loc["baseline", "step-0 loss, died: median [range]"] == "n/a"
+    assert step0.loc["baseline", "step-0 loss, did not train: median [range]"] == "n/a"
     assert step0.loc["baseline", "stopped early: runs, at steps"] == "1/4, 800"
     assert step0.loc["upsample_only", "stopped early: runs, at steps"] == "0/4"
 
