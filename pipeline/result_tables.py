@@ -15,7 +15,7 @@ import pandas as pd
 
 from pipeline import statistics, summary_numbers, summary_text
 from pipeline.errors import DataError
-from pipeline.protocols import MORE_SEEDS, PROTOCOLS, SCALING, Protocol
+from pipeline.protocols import PROTOCOLS, SCALING, Protocol
 
 NUM_CLASSES = 10  # every dataset of the protocols has 10 classes; results.per_run_table checks it
 
@@ -61,7 +61,8 @@ def _median_range(values: pd.Series) -> str:
 
 def step0_table(results: pd.DataFrame) -> pd.DataFrame:
     """Per variant: runs that trained, the loss at step 0 (median [min, max]) of the runs that trained
-    and of those that did not (died or stalled), how many runs diverged, and how many stopped early and at which steps."""
+    and of those that did not (died or stalled), how many runs diverged, and how many stopped early
+    and at which steps."""
     rows = []
     for variant, group in results.groupby("variant", sort=False):
         alive, dead = group[group["trained"]], group[~group["trained"]]
@@ -231,7 +232,7 @@ def families_text() -> str:
     parts = []
     for protocol in PROTOCOLS.values():
         more = (
-            f" Seeds 1-10 for every variant; {MORE_SEEDS[0]}-{MORE_SEEDS[-1]} too for "
+            f" Seeds 1-10 for every variant; {protocol.added_seeds[0]}-{protocol.added_seeds[-1]} too for "
             + ", ".join(f"`{v}`" for v in protocol.more_seeds)
             + "."
             if protocol.more_seeds

@@ -47,7 +47,6 @@ from pipeline.errors import DataError
 from pipeline.protocols import (
     GRID_SETTINGS,
     GRIDS,
-    MORE_SEEDS,
     PROTOCOLS,
     SCALING,
     Protocol,
@@ -225,16 +224,16 @@ def commands(protocol: Protocol, params: Params, results: pd.DataFrame | None = 
     """The shell lines that produce a protocol's CSV: its grid (what `make results` runs), or, for a
     CSV whose first runs record no `threads` (made before the grid, with TensorFlow's default
     threads), the `dvc exp run` and `collect` that made them; then, for a protocol with more_seeds
-    (unless `results` has none of them yet), the grid of MORE_SEEDS and the `add` of its runs."""
+    (unless `results` has none of them yet), the grid of its added_seeds and the `add` of its runs."""
     lines = [shell_line(protocol.setup)] if protocol.setup else []
-    first = None if results is None else results[~results["seed"].isin(MORE_SEEDS)]
+    first = None if results is None else results[~results["seed"].isin(protocol.added_seeds)]
     if first is not None and first["threads"].isna().all():
         lines.append(shell_line(experiment_command(protocol, params)))
         lines.append(f"python -m pipeline.results collect {protocol.name}")
     else:
         lines.append(shell_line(grid_command(protocol, params)))
         lines.append(f"cp {GRIDS / protocol.name / 'runs.csv'} {RESULTS_DIR / protocol.name}.csv")
-    if protocol.more_seeds and (results is None or results["seed"].isin(MORE_SEEDS).any()):
+    if protocol.more_seeds and (results is None or results["seed"].isin(protocol.added_seeds).any()):
         lines.append(shell_line(more_seeds_command(protocol, params)))
         lines.append(f"python -m pipeline.results add {protocol.name} {more_seeds_out(protocol) / 'runs.csv'}")
     return "\n".join(lines)
@@ -298,7 +297,7 @@ def run_protocol(protocol: Protocol, params_path: Path = Path("params.yaml"), re
     grid_params = apply_settings(params_path, [*experiment_settings(protocol, params), *GRID_SETTINGS])
     table = run_grid(grid_params, list(grid_params.variants), grid_params.train.seeds, GRIDS / protocol.name)
     if protocol.more_seeds:
-        more = run_grid(grid_params, list(protocol.more_seeds), list(MORE_SEEDS), more_seeds_out(protocol))
+        more = run_grid(grid_params, list(protocol.more_seeds), list(protocol.added_seeds), more_seeds_out(protocol))
         table = add_runs(table, more)
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{protocol.name}.csv"
