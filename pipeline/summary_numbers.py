@@ -203,10 +203,13 @@ def _paired(runs: pd.DataFrame, variant: str, baseline: str) -> tuple[np.ndarray
     return both[variant].to_numpy(dtype=float), both[baseline].to_numpy(dtype=float)
 
 
-def _trained_count(runs: pd.DataFrame, variant: str) -> tuple[int, int]:
-    """(runs that trained, runs) of a variant: the counts Fisher's exact test compares."""
-    trained = runs.loc[runs["variant"] == variant, "trained"].to_numpy(dtype=bool)
-    return int(trained.sum()), int(trained.size)
+def _trained_counts(runs: pd.DataFrame, variant: str, baseline: str) -> tuple[int, int, int, int]:
+    """(runs that trained, runs) of variant and of baseline on the seeds both have: the counts Fisher's
+    exact test compares (where a reference ran more seeds, its extra runs are left out, as in the
+    paired comparison)."""
+    flags = runs.pivot_table(index="seed", columns="variant", values="trained", aggfunc="first")
+    both = flags[[variant, baseline]].dropna().astype(bool)
+    return int(both[variant].sum()), len(both), int(both[baseline].sum()), len(both)
 
 
 def summarize(
@@ -237,8 +240,7 @@ def summarize(
     conditional = {v: statistics.conditional_comparison(*pairs[v], num_classes, confidence) for v in compared}
     adjusted = dict(zip(compared, statistics.holm([comparisons[v].p_value for v in compared]), strict=True))
     adjusted_trained = dict(zip(compared, statistics.holm([conditional[v].p_value for v in compared]), strict=True))
-    counts = {v: _trained_count(runs, v) for v in variants}
-    fisher = {v: statistics.fisher_exact_p_value(*counts[v], *counts[baseline]) for v in compared}
+    fisher = {v: statistics.fisher_exact_p_value(*_trained_counts(runs, v, baseline)) for v in compared}
     adjusted_fisher = dict(zip(compared, statistics.holm([fisher[v] for v in compared]), strict=True))
     # Holm leaves NaN p-values (fewer than 2 paired seeds) out of m; count the same comparisons here
     m = max(sum(not math.isnan(comparisons[v].p_value) for v in compared), 1)
