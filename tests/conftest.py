@@ -1,15 +1,33 @@
-"""Shared test set-up."""
+"""Shared test set-up: every test starts without the caller's MLflow/DVC variables."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
+
+# what a test, or the pipeline code it calls, may set: mlflow.set_tracking_uri() writes
+# MLFLOW_TRACKING_URI, `python -m pipeline predict` MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+    "DVC_ROOT",
+    "DVC_EXP_NAME",
+    "DVC_STAGE",
+)
 
 
 @pytest.fixture(autouse=True)
 def _isolated_tracking_env(monkeypatch):
-    """mlflow.set_tracking_uri() writes MLFLOW_TRACKING_URI into os.environ; undo it after each test."""
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DVC_ROOT", "DVC_EXP_NAME", "DVC_STAGE"):
-        monkeypatch.delenv(key, raising=False)
+    """No test sees these variables at its start, and whatever a test sets is undone after it, as is
+    MLflow's in-process tracking URI (which wins over MLFLOW_TRACKING_URI)."""
+    for key in _ENV:
+        monkeypatch.setenv(key, "")  # records the value before the test, or its absence, for the undo
+        monkeypatch.delenv(key)
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
 
 
 def pytest_collection_modifyitems(config, items):
