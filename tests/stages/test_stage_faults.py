@@ -219,7 +219,7 @@ def test_an_mlflow_failure_during_training_keeps_the_model_and_its_metrics(proje
     saved = model_dir(project)
     message = f"saved in {saved.relative_to(project)}, but logging to MLflow failed"
     with pytest.raises(TrackingError, match=re.escape(message)):
-        train_stage.main(train_args(project))
+        train_stage.main(train_stage.parse_args(train_args(project)))
     assert (saved / "model.keras").stat().st_size > 0
     assert len((saved / "history.csv").read_text().splitlines()) == 61  # header + 60 steps
     (run,) = runs(project)
@@ -245,7 +245,7 @@ def test_a_flaky_tracking_store_loses_no_steps(project: Path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(run_logging, "log_steps", flaky)
-    train_stage.main(train_args(project))
+    train_stage.main(train_stage.parse_args(train_args(project)))
     (run,) = runs(project)
     assert run.info.status == "FINISHED"
     # every 20 steps and at each validation, the mean of the last 20 steps of history.csv
