@@ -280,6 +280,22 @@ def write_idx_mirror(mirror: Path, arrays: Sequence[Any]) -> dict[str, str]:
     return {name: file_sha256(mirror / name) for name in IDX_FILES.values()}
 
 
+def copy_store(template: Path, db: Path) -> str:
+    """A new, empty MLflow store at `db`: a copy of `template` (conftest's session fixture
+    `migrated_store`, whose migrations have run), its Default experiment keeping artifacts in
+    ./mlruns beside `db` as a store made there would. Returns its sqlite:/// URI."""
+    import shutil
+    import sqlite3
+
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, db)
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", [str(Path(db).parent / "mlruns/0")]
+        )
+    return f"sqlite:///{db}"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket

@@ -16,7 +16,18 @@ import pandas as pd
 import pytest
 import support
 import yaml
-from support import ROOT, Lines, arg_value, clean_env, kill_group, stage_args, stage_command, stage_outs, write_prepared
+from support import (
+    ROOT,
+    Lines,
+    arg_value,
+    clean_env,
+    copy_store,
+    kill_group,
+    stage_args,
+    stage_command,
+    stage_outs,
+    write_prepared,
+)
 
 from pipeline import paths
 from pipeline.runtime.stage import INTERRUPTED
@@ -25,14 +36,16 @@ ITEM = {"variant": "baseline"}
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    return make_project(tmp_path)
+def project(tmp_path: Path, migrated_store: Path) -> Path:
+    return make_project(tmp_path, migrated_store)
 
 
-def make_project(directory: Path) -> Path:
-    """A stage's working directory: params.yaml with the baseline only, 60 steps, and a small random
-    prepared dataset where dvc.yaml's train stage reads it."""
+def make_project(directory: Path, store: Path) -> Path:
+    """A stage's working directory: params.yaml with the baseline only, 60 steps, a small random
+    prepared dataset where dvc.yaml's train stage reads it, and the project's MLflow store, empty: a
+    copy of `store` (conftest's migrated_store), so that no stage pays MLflow's migrations."""
     directory.mkdir(exist_ok=True)
+    copy_store(store, directory / "mlflow.db")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["variants"] = {"baseline": params["variants"]["baseline"]}
     params["train"].update(steps=60, validation_every=20, seeds=[1])
