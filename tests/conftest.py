@@ -1,5 +1,5 @@
 """Shared test set-up: every test starts without the caller's MLflow/DVC variables, and the costly
-things many tests need are made once per session (an empty migrated MLflow store)."""
+things many tests need are made once per session (an empty migrated MLflow store, a learned network)."""
 
 from __future__ import annotations
 
@@ -53,3 +53,12 @@ def migrated_store(tmp_path_factory) -> Path:
         patch.chdir(folder)  # MLflow's Default experiment keeps artifacts in ./mlruns
         mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
     return path
+
+
+@pytest.fixture(scope="session")
+def learned_network():
+    """One small logits network that has learned `model_store.learnable_images` in both pixel
+    scalings, trained once per session: the predict tests and the serving tests share it."""
+    from model_store import train_network
+
+    return train_network()
