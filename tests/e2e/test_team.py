@@ -14,12 +14,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from dvc_project import SEEDS, VARIANTS, changed_stages, dvc, make_repo, metrics_files, run_queued_grid
 from support import (
     BIN,
     ROOT,
     Lines,
     arg_value,
     clean_env,
+    copy_store,
     free_port,
     have_postgres,
     kill_group,
@@ -28,7 +30,6 @@ from support import (
     wait_for_server,
     write_prepared,
 )
-from test_pipeline_e2e import SEEDS, VARIANTS, changed_stages, dvc, make_repo, metrics_files, run_queued_grid
 
 pytestmark = pytest.mark.slow
 
@@ -136,10 +137,8 @@ def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path:
     assert not (repo / "mlflow.db").exists()
 
 
-def test_dvc_remote_push_then_pull_restores_everything(tmp_path: Path):
-    repo = tmp_path / "project"
-    make_repo(repo)
-    dvc(repo, "repro", "train@transposed")  # fetch, prepare and one variant: data and models to share
+def test_dvc_remote_push_then_pull_restores_everything(project_copy: Path, tmp_path: Path):
+    repo = project_copy  # a built project: data and models to share
     dvc(repo, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
     dvc(repo, "push")
     model = repo / "models" / "transposed" / "seed-1" / "model.keras"
@@ -152,7 +151,9 @@ def test_dvc_remote_push_then_pull_restores_everything(tmp_path: Path):
     assert {"fetch", "prepare", "train@transposed"}.isdisjoint(changed_stages(repo))
 
 
-def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_logs(tmp_path: Path):
+def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_logs(
+    tmp_path: Path, migrated_store: Path
+):
     import keras
     import mlflow
     import numpy as np
@@ -164,6 +165,7 @@ def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_lo
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     command = stage_command("train", params, variant="baseline")  # as dvc.yaml runs it
     write_prepared(tmp_path / arg_value(command, "--data"), dataset=params["data"]["dataset"])
+    copy_store(migrated_store, tmp_path / "mlflow.db")  # the chief's store, empty (worker 1 makes a scratch one)
     roots = {flag: command.index(flag) + 1 for flag in ("--models", "--metrics", "--plots")}
     models_out, *_ = stage_outs("train", params, variant="baseline")
     model_dir = Path(models_out).relative_to(command[roots["--models"]]) / "seed-1"  # under each worker's --models
