@@ -12,6 +12,7 @@ import numpy as np
 
 NAME = "deconvolution-baseline"  # the registered name the compare stage gives variant `baseline`
 RUN_NAME = "baseline-seed1"
+SCALINGS = ("centered", "unit")  # data.scaling's values: `train_network` learns under both
 
 
 def learnable_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -24,9 +25,10 @@ def learnable_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return images, labels
 
 
-def train_network(scaling: str, seed: int = 0, n: int = 1000) -> Any:
-    """A logits network (conv, dense) trained for a few seconds on `learnable_images` scaled as the
-    pipeline scales them (`data.scaling`)."""
+def train_network(seed: int = 0, n: int = 1000) -> Any:
+    """A logits network (conv, dense) trained for a few seconds on `learnable_images` in both of the
+    pipeline's pixel scalings (`data.scaling`: centered and unit), so that it has learned under
+    either: the predict tests use it centered, the serving tests unit (conftest's `learned_network`)."""
     import keras
 
     from pipeline.scaling import scale_pixels
@@ -42,7 +44,8 @@ def train_network(scaling: str, seed: int = 0, n: int = 1000) -> Any:
         ]
     )
     network.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    network.fit(scale_pixels(images, scaling)[..., np.newaxis], labels, batch_size=32, epochs=2, verbose=0)
+    pixels = np.concatenate([scale_pixels(images, scaling) for scaling in SCALINGS])[..., np.newaxis]
+    network.fit(pixels, np.concatenate([labels] * len(SCALINGS)), batch_size=32, epochs=2, verbose=0)
     return network
 
 

@@ -167,6 +167,33 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_stage_here(stage: str, argv: Sequence[str | os.PathLike], capsys: Any) -> subprocess.CompletedProcess:
+    """`python -m pipeline <stage> ARGV` run in this process: the stage runner (run_stage) with the
+    stage module's parse_args and main, as the command runs them, so the exit status, stdout and
+    stderr are the command's; without a new interpreter and TensorFlow's import (5-12 s here). The
+    caller sets the working folder and environment (monkeypatch); `capsys` is pytest's fixture."""
+    import gc
+    import importlib
+
+    from pipeline.runtime.stage import run_stage
+
+    module = importlib.import_module(f"pipeline.stages.{stage}")
+    argv = [str(a) for a in argv]
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    capsys.readouterr()
+    try:
+        run_stage(module.main, module.parse_args, argv)
+        status = 0
+    except SystemExit as exc:
+        status = 0 if exc.code is None else exc.code
+    finally:  # what run_stage sets up for the rest of a process's life: undone for the next test
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        gc.unfreeze()
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["python", "-m", "pipeline", stage, *argv], status, out, err)
+
+
 def git_init(repo: Path) -> None:
     """`git init` in repo (created if missing)."""
     Path(repo).mkdir(parents=True, exist_ok=True)
@@ -278,6 +305,22 @@ def write_idx_mirror(mirror: Path, arrays: Sequence[Any]) -> dict[str, str]:
     for key, array in zip(IDX_FILES, arrays, strict=True):
         write_idx(mirror / IDX_FILES[key], array)
     return {name: file_sha256(mirror / name) for name in IDX_FILES.values()}
+
+
+def copy_store(template: Path, db: Path) -> str:
+    """A new, empty MLflow store at `db`: a copy of `template` (conftest's session fixture
+    `migrated_store`, whose migrations have run), its Default experiment keeping artifacts in
+    ./mlruns beside `db` as a store made there would. Returns its sqlite:/// URI."""
+    import shutil
+    import sqlite3
+
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, db)
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", [str(Path(db).parent / "mlruns/0")]
+        )
+    return f"sqlite:///{db}"
 
 
 def free_port() -> int:

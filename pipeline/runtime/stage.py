@@ -1,4 +1,4 @@
-"""What every stage module calls: `run_stage(main)`, and `stage_peak_memory_mb()` for its records."""
+"""What every stage module calls: `run_stage(main, parse_args)`, and `stage_peak_memory_mb()` for its records."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import resource
 import signal
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 from pipeline.errors import UserError
+
+Args = TypeVar("Args")  # what a stage's parse_args returns (an argparse.Namespace) and its main takes
 
 # what a stage stopped by Ctrl-C or SIGTERM says: whatever it wrote, DVC records no output of an
 # unfinished stage (dvc.lock keeps the last finished run's), and the next `dvc repro` reruns it
@@ -46,11 +49,18 @@ def import_tensorflow_quietly() -> None:
 
 
 def run_stage(
-    main: Callable[[list[str] | None], None], argv: list[str] | None = None, *, tensorflow: bool = True
+    main: Callable[[Args], None],
+    parse_args: Callable[[list[str] | None], Args],
+    argv: list[str] | None = None,
+    *,
+    tensorflow: bool = True,
 ) -> None:
-    """Run a stage's main; turn user errors, Ctrl-C and SIGTERM into a message and a non-zero exit.
+    """Run a stage: `main(parse_args(argv))`; turn user errors, Ctrl-C and SIGTERM into a message and
+    a non-zero exit.
 
-    DVC starts stages through `python -m pipeline <stage>` (pipeline/__main__.py).
+    The arguments are parsed before TensorFlow is imported (seconds, on a busy machine): `--help` and
+    a mistyped option answer at once. DVC starts stages through `python -m pipeline <stage>`
+    (pipeline/__main__.py).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     signal.signal(signal.SIGTERM, _terminate)
@@ -58,13 +68,14 @@ def run_stage(
     # background job, some CI runners): Python keeps such an inherited SIG_IGN otherwise
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        args = parse_args(argv)
         if tensorflow:
             import_tensorflow_quietly()
             # the ~400,000 objects TensorFlow's import makes live as long as the process: the cyclic
             # garbage collector's full passes during the stage need not walk them again and again
             gc.freeze()
         mark_stage_start()
-        main(argv)
+        main(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

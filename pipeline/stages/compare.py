@@ -14,7 +14,8 @@ from pipeline.record import RunRecord
 from pipeline.runtime.stage import run_stage
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The stage's arguments; run_stage parses them first, so `--help` and a usage error answer at once."""
     parser = argparse.ArgumentParser(prog="python -m pipeline compare", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--models", type=Path, default=paths.MODELS)
@@ -22,8 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plots", type=Path, default=paths.PLOTS)
     parser.add_argument("--data", type=Path, required=True, help="data/prepared/<dataset>")
     parser.add_argument("--out", type=Path, default=paths.REPORTS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     seeds = params.train.seeds
     outputs = [
@@ -53,4 +56,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, parse_args)

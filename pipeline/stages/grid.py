@@ -17,7 +17,8 @@ from pathlib import Path
 from pipeline.runtime.stage import run_stage
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The stage's arguments; run_stage parses them first, so `--help` and a usage error answer at once."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline grid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -34,7 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
+    return args
 
+
+def main(args: argparse.Namespace) -> None:
     from pipeline.grid.driver import run_grid, tables
     from pipeline.grid.spec import apply_settings, parse_seeds, select_variants
 
@@ -52,4 +56,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, tensorflow=False)
+    run_stage(main, parse_args, tensorflow=False)

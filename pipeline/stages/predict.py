@@ -18,7 +18,8 @@ from pipeline import prediction
 from pipeline.runtime.stage import run_stage
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The stage's arguments; run_stage parses them first, so `--help` and a usage error answer at once."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -28,7 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    return args
 
+
+def main(args: argparse.Namespace) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr stays readable
     model = prediction.load_classifier(args.model)
     shape = tuple(model.input_shape[1:3])  # (height, width) of the images it takes
@@ -47,4 +51,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, parse_args)

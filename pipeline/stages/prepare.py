@@ -13,13 +13,16 @@ from pipeline.preparation import prepare
 from pipeline.runtime.stage import run_stage
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The stage's arguments; run_stage parses them first, so `--help` and a usage error answer at once."""
     parser = argparse.ArgumentParser(prog="python -m pipeline prepare", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--raw", default=paths.RAW, type=Path, help=f"raw data root (default: {paths.RAW})")
     parser.add_argument("--out", default=paths.PREPARED, type=Path, help=f"output root (default: {paths.PREPARED})")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(args: argparse.Namespace) -> None:
     config = load_data_config(args.params)
     dataset = resolve_dataset(config.dataset, config.sha256)
     raw_dir = paths.raw_dir(dataset.name, args.raw)
@@ -33,4 +36,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, tensorflow=False)
+    run_stage(main, parse_args, tensorflow=False)

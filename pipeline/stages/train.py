@@ -12,7 +12,8 @@ from pipeline.runner import OutputRoots, Runner
 from pipeline.runtime.stage import run_stage
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The stage's arguments; run_stage parses them first, so `--help` and a usage error answer at once."""
     parser = argparse.ArgumentParser(prog="python -m pipeline train", description=__doc__)
     parser.add_argument("--variant", required=True)
     parser.add_argument("--data", type=Path, required=True, help="data/prepared/<dataset>")
@@ -20,8 +21,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=Path, default=paths.MODELS, help=f"models root (default: {paths.MODELS})")
     parser.add_argument("--metrics", type=Path, default=paths.METRICS, help=f"metrics root (default: {paths.METRICS})")
     parser.add_argument("--plots", type=Path, default=paths.PLOTS, help=f"plots root (default: {paths.PLOTS})")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     params.variant(args.variant, source=args.params)  # an unknown --variant is named, with a "did you mean"
     config = params.train
@@ -40,4 +43,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, parse_args)

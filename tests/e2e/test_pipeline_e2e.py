@@ -1,4 +1,9 @@
-"""End to end: `dvc repro` in a temporary git repo on a small generated dataset, then MLflow read back."""
+"""End to end: `dvc repro` in a temporary git repo on a small generated dataset, then MLflow read back.
+
+The project is built once per session (tests/e2e/conftest.py, `built_project`): the tests that only
+read it share it; a test that changes it (a params edit, an experiment, a kill) works on its own copy
+(`project_copy`), so that each test holds alone and in any order.
+"""
 
 from __future__ import annotations
 
@@ -6,103 +11,33 @@ import io
 import itertools
 import json
 import math
-import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import support
 import yaml
-from support import ROOT, Lines, clean_env, commit_all, dvc_init, git_init, kill_group, write_idx_mirror
+from dvc_project import (
+    N_TEST,
+    SEEDS,
+    VARIANTS,
+    changed_stages,
+    dvc,
+    head,
+    metrics_files,
+    mlflow_runs,
+    run_queued_grid,
+    tiny_dataset,
+)
+from support import Lines, clean_env, kill_group
 
-pytestmark = pytest.mark.slow
-
-
-SEEDS = [1, 2]
-VARIANTS = ["baseline", "transposed"]
 TRAINABLE_PARAMS = {"baseline": 57_722, "transposed": 810_362}
-N_TEST = 300
 
 
-def learnable_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Digits stand-in: class k is a bright bar at rows 2k..2k+3 plus noise, so a CNN learns it fast."""
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-    for i, k in enumerate(labels):
-        images[i, 2 * k + 2 : 2 * k + 6, 4:24] = 230
-    return images, labels
-
-
-def tiny_dataset() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The repo's dataset: 700 training and N_TEST test images of `learnable_images`, always the same."""
-    rng = np.random.default_rng(0)
-    x_train, y_train = learnable_images(700, rng)
-    x_test, y_test = learnable_images(N_TEST, rng)
-    return x_train, y_train, x_test, y_test
-
-
-def make_repo(path: Path) -> dict:
-    """A git + DVC repo holding this project's pipeline, with params for a tiny local IDX dataset."""
-    path.mkdir()
-    for item in ("dvc.yaml", "pipeline", ".gitignore"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, path / item)
-    for cache in path.joinpath("pipeline").rglob("__pycache__"):
-        shutil.rmtree(cache, ignore_errors=True)
-    raw = path.parent / "mirror"
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(
-        dataset="tiny", mirrors=[str(raw)], sha256=write_idx_mirror(raw, tiny_dataset()), validation_size=100
-    )
-    # Keras' initializer: every seed of both variants reaches test accuracy 1.0 within the 41 steps on
-    # this data (with the tutorial's, transposed/seed-2 is still at chance then)
-    params["train"].update(steps=41, validation_every=20, seeds=SEEDS, batch_size=16, initializer="keras")
-    params["evaluate"]["batch_size"] = 37  # not the training batch size, not a divisor of 300
-    params["variants"] = {name: params["variants"][name] for name in VARIANTS}
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git_init(path)
-    dvc_init(path)
-    commit_all(path)
-    return params
-
-
-def head(repo: Path) -> str:
-    """The repo's current commit, as the stages tag their runs with it."""
-    return support.run(["git", "rev-parse", "HEAD"], cwd=repo, env=clean_env(), check=True, timeout=60).stdout.strip()
-
-
-def dvc(repo: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
-    result = support.run(["dvc", *args], cwd=repo, env=clean_env(**extra_env), timeout=900)
-    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-def changed_stages(repo: Path) -> set[str]:
-    return set(json.loads(dvc(repo, "status", "--json").stdout))
-
-
-def mlflow_runs(repo: Path, experiment_name: str = "deconvolution"):
-    """An experiment of the project's store and its runs (the training runs by default; the compare
-    stage's summaries are in "deconvolution-reports")."""
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    experiment = mlflow.get_experiment_by_name(experiment_name)
-    assert experiment is not None, f"no MLflow experiment {experiment_name} in the project's store"
-    return experiment, mlflow.search_runs([experiment.experiment_id], output_format="list")
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("e2e") / "project"
-    make_repo(path)
-    dvc(path, "repro")
-    return path
-
-
-def test_every_variant_and_seed_has_a_finished_run_with_params_metrics_and_model(repo: Path):
+def test_every_variant_and_seed_has_a_finished_run_with_params_metrics_and_model(built_project: Path):
+    repo = built_project
     import mlflow
 
     experiment, runs = mlflow_runs(repo)
@@ -177,18 +112,8 @@ def test_every_variant_and_seed_has_a_finished_run_with_params_metrics_and_model
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def metrics_files(repo: Path) -> dict[str, Path]:
-    """Each run's metrics JSON, by run name, in the folders dvc.yaml's train stages own."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    out = {}
-    for variant in VARIANTS:
-        folder = next(o["path"] for o in lock[f"train@{variant}"]["outs"] if o["path"].startswith("metrics/"))
-        for seed in SEEDS:
-            out[f"{variant}/seed-{seed}"] = repo / folder / f"seed-{seed}.json"
-    return out
-
-
-def test_every_run_learns_and_mlflow_holds_the_metrics_files_values(repo: Path):
+def test_every_run_learns_and_mlflow_holds_the_metrics_files_values(built_project: Path):
+    repo = built_project
     import mlflow
 
     *_, y_test = tiny_dataset()
@@ -235,7 +160,8 @@ def test_every_run_learns_and_mlflow_holds_the_metrics_files_values(repo: Path):
         assert max(m.value for m in val) > 0.9, f"{name}: validation accuracy {[m.value for m in val]}"
 
 
-def test_comparison_has_one_row_per_run_and_summary_per_variant(repo: Path):
+def test_comparison_has_one_row_per_run_and_summary_per_variant(built_project: Path):
+    repo = built_project
     runs = pd.read_csv(repo / "reports" / "comparison.csv")
     assert len(runs) == len(VARIANTS) * len(SEEDS)
     assert set(zip(runs.variant, runs.seed, strict=True)) == {(v, s) for v in VARIANTS for s in SEEDS}
@@ -268,7 +194,8 @@ def champions(repo: Path) -> dict[str, tuple[str, list[str]]]:
     return out
 
 
-def test_each_variants_best_seed_by_validation_is_registered_as_champion(repo: Path):
+def test_each_variants_best_seed_by_validation_is_registered_as_champion(built_project: Path):
+    repo = built_project
     import mlflow
 
     registered = champions(repo)
@@ -284,7 +211,8 @@ def test_each_variants_best_seed_by_validation_is_registered_as_champion(repo: P
         assert version.tags["dvc.experiment"] == "workspace"
 
 
-def test_second_repro_does_nothing_and_a_variant_edit_reruns_only_that_variant(repo: Path):
+def test_second_repro_does_nothing_and_a_variant_edit_reruns_only_that_variant(project_copy: Path):
+    repo = project_copy
     assert changed_stages(repo) == set()
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["variants"]["transposed"]["layers"][3]["units"] = 32
@@ -317,13 +245,30 @@ def test_second_repro_does_nothing_and_a_variant_edit_reruns_only_that_variant(r
     assert registered["transposed"][0] in {after[f"transposed/seed-{s}"].info.run_id for s in SEEDS}
 
 
-def test_dvc_exp_run_in_a_temporary_copy_lands_in_the_workspace_store(repo: Path):
+# units: acc and trained_share fractions, vs_baseline_pp percentage points, train_seconds seconds
+SUMMARY_KEYS = {"acc", "vs_baseline_pp", "trained_share", "train_seconds"}
+
+
+def exp_show(repo: Path) -> dict[str, dict]:
+    """`dvc exp show --json`, each row's data (params, metrics, ...) by its name: `workspace`, the
+    commit's branch, each experiment's name."""
+    rows = {}
+    for commit in json.loads(dvc(repo, "exp", "show", "--json").stdout):
+        rows[commit["name"] or commit["rev"]] = commit["data"]
+        for experiment in commit.get("experiments") or []:
+            for rev in experiment["revs"]:
+                rows[rev["name"] or rev["rev"]] = rev["data"]
+    return rows
+
+
+def test_dvc_exp_run_in_a_temporary_copy_lands_in_the_workspace_store(project_copy: Path):
     """evaluate.batch_size is a param of the train stages (they test what they train): the experiment
     retrains every run, in a copy of the repo, and logs them to the workspace's store."""
+    repo = project_copy
     before = {r.info.run_id for name in ("deconvolution", "deconvolution-reports") for r in mlflow_runs(repo, name)[1]}
     dvc(repo, "exp", "run", "--temp", "--name", "eval-batch-50", "-S", "evaluate.batch_size=50")
     new = [r for r in mlflow_runs(repo)[1] if r.info.run_id not in before]
-    variants = yaml.safe_load((repo / "params.yaml").read_text())["variants"]  # resize_conv too, after the edit
+    variants = yaml.safe_load((repo / "params.yaml").read_text())["variants"]
     assert len(new) == len(variants) * len(SEEDS)
     assert {r.data.tags["dvc.experiment"] for r in new} == {"eval-batch-50"}
     assert {r.data.params["evaluate.batch_size"] for r in new} == {"50"}
@@ -332,43 +277,38 @@ def test_dvc_exp_run_in_a_temporary_copy_lands_in_the_workspace_store(repo: Path
     assert summaries[0].data.tags["dvc.experiment"] == "eval-batch-50"
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
     assert "eval-batch-50" in dvc(repo, "exp", "list", "--name-only").stdout
+    rows = assert_dvc_compares_experiments_by_the_summary_per_variant_only(repo, ["eval-batch-50"])
+    assert rows["eval-batch-50"]["params"]["params.yaml"]["data"]["evaluate"]["batch_size"] == 50
 
 
-def run_queued_grid(repo: Path, prefix: str, **extra_env: str) -> str:
-    """Queue two experiments (evaluate.batch_size 41 and 43), run them with two workers, wait; the status."""
-    import time
-
-    for batch_size in (41, 43):
-        dvc(
-            repo, "exp", "run", "--queue", "--name", f"{prefix}-{batch_size}", "-S", f"evaluate.batch_size={batch_size}"
-        )
-    dvc(repo, "queue", "start", "-j", "2", **extra_env)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = dvc(repo, "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    return status
-
-
-def test_parallel_queued_experiments_all_land_in_the_embedded_store(repo: Path):
-    before = {r.info.run_id for r in mlflow_runs(repo, "deconvolution-reports")[1]}
+def test_parallel_queued_experiments_all_land_in_the_embedded_store(project_copy: Path):
+    """Two experiments queued and run by two workers at once (dvc_project.run_queued_grid: each
+    retrains the baseline with another hidden layer, then compares) log to the one SQLite store."""
+    repo = project_copy
+    before = {r.info.run_id for name in ("deconvolution", "deconvolution-reports") for r in mlflow_runs(repo, name)[1]}
     status = run_queued_grid(repo, "eval")
     assert "Failed" not in status, status + dvc(repo, "queue", "logs", "eval-41").stdout
     assert status.count("Success") >= 2, status
     new = [r for r in mlflow_runs(repo, "deconvolution-reports")[1] if r.info.run_id not in before]
     assert sorted(r.data.tags.get("dvc.experiment") for r in new) == ["eval-41", "eval-43"]
     assert all(r.info.status == "FINISHED" for r in new)
+    training = [r for r in mlflow_runs(repo)[1] if r.info.run_id not in before]
+    assert sorted((r.data.tags["dvc.experiment"], r.info.run_name) for r in training) == [
+        (f"eval-{units}", f"baseline/seed-{seed}") for units in (41, 43) for seed in SEEDS
+    ]
+    assert all(r.info.status == "FINISHED" for r in training)
     for name in ("eval-41", "eval-43"):
         assert "database is locked" not in dvc(repo, "queue", "logs", name).stdout
+    rows = assert_dvc_compares_experiments_by_the_summary_per_variant_only(repo, ["eval-41", "eval-43"])
+    for units in (41, 43):
+        layers = rows[f"eval-{units}"]["params"]["params.yaml"]["data"]["variants"]["baseline"]["layers"]
+        assert layers[3] == {"type": "dense", "units": units}
 
 
-def test_kill_9_mid_training_leaves_nothing_dvc_trusts_and_the_rerun_succeeds(repo: Path):
+def test_kill_9_mid_training_leaves_nothing_dvc_trusts_and_the_rerun_succeeds(project_copy: Path):
     """kill -9 in seed 2 of train@baseline: seed 1's folder is whole, but DVC records none of the
     stage's outputs, and the rerun trains both seeds and leaves no partial folder."""
-    import time
-
+    repo = project_copy
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"].update(steps=5_000, validation_every=1_000)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -400,36 +340,17 @@ def test_kill_9_mid_training_leaves_nothing_dvc_trusts_and_the_rerun_succeeds(re
     assert "train@baseline" not in changed_stages(repo)
 
 
-# units: acc and trained_share fractions, vs_baseline_pp percentage points, train_seconds seconds
-SUMMARY_KEYS = {"acc", "vs_baseline_pp", "trained_share", "train_seconds"}
-
-
-def exp_show(repo: Path) -> dict[str, dict]:
-    """`dvc exp show --json`, each row's data (params, metrics, ...) by its name: `workspace`, the
-    commit's branch, each experiment's name."""
-    rows = {}
-    for commit in json.loads(dvc(repo, "exp", "show", "--json").stdout):
-        rows[commit["name"] or commit["rev"]] = commit["data"]
-        for experiment in commit.get("experiments") or []:
-            for rev in experiment["revs"]:
-                rows[rev["name"] or rev["rev"]] = rev["data"]
-    return rows
-
-
-def test_dvc_compares_experiments_by_the_summary_per_variant_only(repo: Path):
-    """The experiments the tests above ran (eval-batch-50, eval-41, eval-43; run alone, one) and the
-    workspace: the only DVC metrics are reports/summary.json's few numbers per variant, no per-seed file."""
+def assert_dvc_compares_experiments_by_the_summary_per_variant_only(repo: Path, experiments: list[str]) -> dict:
+    """`dvc exp show` of the workspace and of `experiments`: the only DVC metrics are
+    reports/summary.json's few numbers per variant, no per-seed file; `dvc metrics diff` against the
+    first experiment lists those keys, and nothing per seed. Returns exp_show's rows."""
     rows = exp_show(repo)
-    if "eval-batch-50" not in rows:  # this test alone (-k): the experiment of the --temp test above
-        dvc(repo, "exp", "run", "--temp", "--name", "eval-batch-50", "-S", "evaluate.batch_size=50")
-        rows = exp_show(repo)
-    experiments = [name for name in ("eval-batch-50", "eval-41", "eval-43") if name in rows]
     for name, data in rows.items():
         files = set(data.get("metrics") or {})
         assert not [f for f in files if f.startswith("metrics/")], f"{name}: per-seed metrics {sorted(files)}"
         assert files <= {"reports/summary.json"}, f"{name}: {sorted(files)}"
     table = pd.read_csv(repo / "reports" / "summary.csv").set_index("variant")
-    variants = list(table.index)  # resize_conv too after the variant edit above; the experiments' as well
+    variants = list(table.index)
     for name in ["workspace", *experiments]:
         summary = rows[name]["metrics"]["reports/summary.json"]["data"]
         assert list(summary) == variants, name
@@ -438,7 +359,6 @@ def test_dvc_compares_experiments_by_the_summary_per_variant_only(repo: Path):
             assert set(values) == SUMMARY_KEYS - ({"vs_baseline_pp"} if variant == "baseline" else set()), name
             assert 0.0 <= values["acc"] <= 1.0 and 0.0 <= values["trained_share"] <= 1.0
             assert values["train_seconds"] > 0
-    assert rows["eval-batch-50"]["params"]["params.yaml"]["data"]["evaluate"]["batch_size"] == 50
 
     # the workspace's numbers are summary.csv's means
     for variant, values in rows["workspace"]["metrics"]["reports/summary.json"]["data"].items():
@@ -451,10 +371,12 @@ def test_dvc_compares_experiments_by_the_summary_per_variant_only(repo: Path):
             assert values["vs_baseline_pp"] == pytest.approx(100 * expected["diff_vs_baseline_mean"], abs=1e-10)
 
     # `dvc metrics diff <experiment>` (against the workspace) lists those keys, and nothing per seed
-    diff = json.loads(dvc(repo, "metrics", "diff", "eval-batch-50", "--all", "--json").stdout)
+    first = experiments[0]
+    diff = json.loads(dvc(repo, "metrics", "diff", first, "--all", "--json").stdout)
     assert list(diff) == ["reports/summary.json"]
     expected_keys = {f"{v}.{k}" for v in variants for k in SUMMARY_KEYS} - {"baseline.vs_baseline_pp"}
     assert set(diff["reports/summary.json"]) == expected_keys
-    text = dvc(repo, "metrics", "diff", "eval-batch-50", "--all").stdout
+    text = dvc(repo, "metrics", "diff", first, "--all").stdout
     assert "transposed.acc" in text and f"{variants[-1]}.trained_share" in text
     assert "metrics/" not in text and "seed" not in text
+    return rows

@@ -1,201 +1,37 @@
 """`make server` lets no one in where they don't belong, and stops everything it started on a signal.
 
 Every server here listens on 127.0.0.1. The network case (MLFLOW_HOST=0.0.0.0) is checked by its
-refusal alone, which happens before anything starts.
+refusal alone, which happens before anything starts. The tests that only use a server share the
+session's (tests/e2e/conftest.py, `team_server`, which tests/e2e/test_team.py logs pipelines to); the
+signal test starts and stops its own.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import hashlib
-import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import stat
-import subprocess
-import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import BIN, ROOT, clean_env, free_port, have_postgres, kill_group, run, wait_for_server
-
-pytestmark = pytest.mark.slow
-
-ADMIN = "admin"
-PASSWORD = secrets.token_urlsafe(18)  # this session's admin password; MLflow wants 12 characters or more
-MARKER = "MLFLOW_SERVER_TEST_ID"  # in the environment of every process a server of these tests starts
-STAMP = ".venv/.installed"  # `make -o STAMP server`: never reinstall the virtualenv from a test
-
-
-def accepts(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def call(url: str, path: str, *, method: str = "GET", body: dict | None = None, user: tuple[str, str] | None = None):
-    """(HTTP status, JSON body or {}) of one REST call, with basic auth when `user` is given."""
-    request = urllib.request.Request(
-        url + path, method=method, data=None if body is None else json.dumps(body).encode()
-    )
-    request.add_header("Content-Type", "application/json")
-    if user is not None:
-        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(user).encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            body = response.read()
-            return response.status, json.loads(body) if body.startswith(b"{") else {}
-    except urllib.error.HTTPError as error:
-        return error.code, {}
-
-
-@dataclass
-class Server:
-    url: str
-    port: int
-    pg_port: int
-    state: Path  # MLFLOW_SERVER_DIR
-    pgdata: Path  # where the script put PostgreSQL's data (printed at start)
-    log: Path
-    marker: str
-
-    def pg_password(self) -> str:
-        return (self.state / "pgpass").read_text().strip().split(":", 4)[4]
-
-
-def start_env(state: Path | None, port: int, pg_port: int, marker: str, **extra: str) -> dict[str, str]:
-    env = clean_env(
-        MLFLOW_PORT=str(port),
-        MLFLOW_PG_PORT=str(pg_port),
-        MLFLOW_BIN=str(BIN / "mlflow"),
-        MLFLOW_WORKERS="1",
-        **{MARKER: marker},
-        **extra,
-    )
-    if state is not None:
-        env["MLFLOW_SERVER_DIR"] = str(state)
-    return env
-
-
-@contextlib.contextmanager
-def started(command: list[str], cwd: Path, env: dict[str, str], log: Path, sig: int = signal.SIGTERM) -> Iterator:
-    """Start `command` (make server, or the script) in a session of its own; once /health answers,
-    yield (process, Server); then send `sig` to its process group, as a supervisor or Ctrl-C does."""
-    port = int(env["MLFLOW_PORT"])
-    url = f"http://127.0.0.1:{port}"
-    with open(log, "w") as out:
-        # SIGINT as at a terminal: a runner that starts the tests in the background (`cmd &` in a
-        # script) leaves SIGINT ignored, and a shell cannot trap a signal ignored when it started
-        proc = subprocess.Popen(
-            command,
-            cwd=cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-    try:
-        wait_for_server(url, proc, log)
-        (line,) = [x for x in log.read_text().splitlines() if x.startswith("PostgreSQL on 127.0.0.1")]
-        pgdata = Path(line.split("(data in ", 1)[1].split(")", 1)[0])
-        state = Path(line.split("(artifacts in ", 1)[1].split(")", 1)[0]).parent
-        yield proc, Server(url, port, int(env["MLFLOW_PG_PORT"]), state, pgdata, log, env[MARKER])
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=120)
-        finally:
-            kill_group(proc)  # SIGKILL only when the signal did not stop it in time
-
-
-def server_processes(server: Server) -> dict[int, tuple[str, str]]:
-    """The live processes of this server: every process carrying its marker in its environment
-    (make, the script, MLflow, uvicorn and its workers, the job runner), and PostgreSQL's postmaster
-    with its children (PostgreSQL overwrites its environment with the process title). Each as
-    pid -> (start time, command line), so that a later look does not mistake a reused pid."""
-    postmaster = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        postmaster = int((server.pgdata / "postmaster.pid").read_text().split()[0])
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            state, ppid, started_at = fields[0], int(fields[1]), fields[19]
-            if state == "Z":
-                continue  # dead: nothing left but its exit status
-            pid = int(entry.name)
-            ours = pid == postmaster or ppid == postmaster
-            if not ours:
-                with contextlib.suppress(OSError):
-                    ours = f"{MARKER}={server.marker}".encode() in (entry / "environ").read_bytes().split(b"\0")
-            if ours:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                found[pid] = (started_at, command)
-        except (OSError, ValueError, IndexError):
-            continue  # it ended while we looked
-    return found
-
-
-def survivors(before: dict[int, tuple[str, str]], server: Server, grace: float = 5.0) -> list[str]:
-    """The processes of `before` (and any new one of this server) still alive after up to `grace` seconds."""
-    deadline = time.monotonic() + grace
-    while True:
-        now = server_processes(server)
-        left = [cmd for pid, (started_at, cmd) in now.items() if pid not in before or before[pid][0] == started_at]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.2)
-
-
-def kill_leftovers(server: Server) -> None:
-    """A failed test leaves no server behind for the next."""
-    for pid in server_processes(server):
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def auth_server() -> Iterator[Server]:
-    """The script on 127.0.0.1 with an admin password: basic-auth on."""
-    if not have_postgres():
-        pytest.skip("PostgreSQL is not installed (.ci/run installs it: apt-get install postgresql)")
-    # not under pytest's private (0700) temp root: as root, PostgreSQL runs as the postgres user
-    state = Path(tempfile.mkdtemp(prefix="mlflow-server-"))
-    state.chmod(0o755)
-    marker = uuid.uuid4().hex
-    env = start_env(
-        state,
-        free_port(),
-        free_port(),
-        marker,
-        MLFLOW_AUTH_ADMIN_PASSWORD=PASSWORD,
-        MLFLOW_PG_DIR=str(state / "postgres"),
-    )
-    server = None
-    try:
-        with started(["bash", str(ROOT / "scripts" / "mlflow-server.sh")], ROOT, env, state / "server.log") as (
-            _,
-            server,
-        ):
-            yield server
-    finally:
-        if server is not None:
-            kill_leftovers(server)
-        shutil.rmtree(state, ignore_errors=True)
+from support import BIN, ROOT, free_port, have_postgres, run
+from team_server import (
+    ADMIN,
+    PASSWORD,
+    STAMP,
+    Server,
+    accepts,
+    call,
+    kill_leftovers,
+    server_processes,
+    start_env,
+    started,
+    survivors,
+)
 
 
 def test_a_network_address_without_credentials_is_refused_before_anything_starts(tmp_path: Path):
@@ -224,10 +60,10 @@ def test_a_network_address_without_credentials_is_refused_before_anything_starts
     assert not (tmp_path / "state").exists()
 
 
-def test_only_logged_in_clients_get_in(auth_server: Server, monkeypatch):
+def test_only_logged_in_clients_get_in(team_server: Server, monkeypatch):
     import mlflow
 
-    url, admin = auth_server.url, (ADMIN, PASSWORD)
+    url, admin = team_server.url, (ADMIN, PASSWORD)
     search = "/api/2.0/mlflow/experiments/search?max_results=10"
     assert call(url, "/health")[0] == 200  # what a load balancer probes stays open
     assert call(url, search)[0] == 401
@@ -270,10 +106,10 @@ def test_only_logged_in_clients_get_in(auth_server: Server, monkeypatch):
     assert call(url, new_user, method="POST", body=eve, user=alice)[0] == 403
 
 
-def test_postgresql_wants_its_password_and_secrets_stay_private(auth_server: Server):
+def test_postgresql_wants_its_password_and_secrets_stay_private(team_server: Server):
     import psycopg2
 
-    server = auth_server
+    server = team_server
     connect = dict(host="127.0.0.1", port=server.pg_port, user="mlflow", dbname="mlflow", connect_timeout=10)
     with pytest.raises(psycopg2.OperationalError, match="no password supplied"):
         psycopg2.connect(**connect, passfile="/dev/null").close()
@@ -309,9 +145,10 @@ def test_postgresql_wants_its_password_and_secrets_stay_private(auth_server: Ser
 
 
 def test_sigterm_or_ctrl_c_stops_everything_every_time_even_as_root_from_a_private_clone(tmp_path: Path):
-    """`setsid make server`, wait for /health, `kill -TERM -- -<pgid>`: five times, then Ctrl-C (SIGINT
-    to the group). Each time no process of that server may be left. The clone is private (0700), as a
-    clone under /root is; as root, PostgreSQL's data goes where the postgres user can reach it."""
+    """`setsid make server`, wait for /health, `kill -TERM -- -<pgid>`: twice (a new database, then an
+    existing one), then Ctrl-C (SIGINT to the group). Each time no process of that server may be
+    left. The clone is private (0700), as a clone under /root is; as root, PostgreSQL's data goes
+    where the postgres user can reach it."""
     if not have_postgres():
         pytest.skip("PostgreSQL is not installed")
     clone = tmp_path / "clone"
@@ -326,7 +163,7 @@ def test_sigterm_or_ctrl_c_stops_everything_every_time_even_as_root_from_a_priva
     env = start_env(None, free_port(), free_port(), uuid.uuid4().hex, MLFLOW_AUTH_ADMIN_PASSWORD=PASSWORD)
     pg_homes, server = set(), None
     try:
-        for attempt, sig in enumerate([signal.SIGTERM] * 5 + [signal.SIGINT], 1):
+        for attempt, sig in enumerate([signal.SIGTERM] * 2 + [signal.SIGINT], 1):
             log = tmp_path / f"server-{attempt}.log"
             command = ["make", "--no-print-directory", "-o", STAMP, "server"]
             with started(command, clone, env, log, sig) as (proc, server):

@@ -16,13 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_store import NAME, RUN_NAME, learnable_images, tracking_store, train_network
+from model_store import NAME, RUN_NAME, learnable_images, tracking_store
 from PIL import Image
-from support import BIN, ROOT, SHARED, clean_env, free_port, kill_group, run, wait_for_server
+from support import BIN, ROOT, SHARED, clean_env, copy_store, free_port, kill_group, run, wait_for_server
 
 from pipeline.idx import read_idx, write_idx
-
-pytestmark = pytest.mark.slow
 
 SCALING = "unit"  # the predict tests use "centered": between them both scalings are served end to end
 N_HELD_OUT = 200
@@ -71,16 +69,16 @@ def log_and_register(network, artifacts: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, learned_network, migrated_store):
     """A learned classifier registered as the champion in a temporary store, served on a free port."""
     import mlflow
 
     from pipeline.inference import classifier
 
     root = tmp_path_factory.mktemp("serving")
-    network = train_network(SCALING)
+    network = learned_network  # the predict tests' network too, which has learned under both scalings
     model = classifier(network, SCALING)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = copy_store(migrated_store, root / "mlflow.db")
     with tracking_store(uri):
         model_id = log_and_register(network, root / "mlartifacts")
         signature = mlflow.models.get_model_info(f"models:/{model_id}").signature

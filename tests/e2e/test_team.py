@@ -3,98 +3,47 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import subprocess
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import pytest
+from dvc_project import VARIANTS, changed_stages, dvc, make_repo, metrics_files, run_queued_grid
 from support import (
-    BIN,
     ROOT,
     Lines,
     arg_value,
     clean_env,
+    copy_store,
     free_port,
-    have_postgres,
     kill_group,
     stage_command,
     stage_outs,
-    wait_for_server,
     write_prepared,
 )
-from test_pipeline_e2e import SEEDS, VARIANTS, changed_stages, dvc, make_repo, metrics_files, run_queued_grid
+from team_server import ADMIN, PASSWORD, Server
 
-pytestmark = pytest.mark.slow
-
-# the server runs with MLflow's basic-auth; clients log in with MLflow's standard variables
-CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(18)}
-
-
-@pytest.fixture(scope="module")
-def server():
-    if not have_postgres():
-        pytest.skip("PostgreSQL is not installed (.ci/run installs it: apt-get install postgresql)")
-    port = free_port()
-    # not under pytest's private (0700) temp root: PostgreSQL runs as the postgres user when we are root
-    state = Path(tempfile.mkdtemp(prefix="mlflow-server-"))
-    state.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(
-        MLFLOW_PORT=str(port),
-        MLFLOW_PG_PORT=str(free_port()),
-        MLFLOW_SERVER_DIR=str(state),
-        MLFLOW_BIN=str(BIN / "mlflow"),
-        MLFLOW_WORKERS="2",
-        MLFLOW_AUTH_ADMIN_PASSWORD=CREDENTIALS["MLFLOW_TRACKING_PASSWORD"],
-        MLFLOW_PG_DIR=str(state / "postgres"),  # reachable by the postgres user: state is 0755
-    )
-    log = open(state / "server.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        ["bash", str(ROOT / "scripts" / "mlflow-server.sh")],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_server(url, proc, state / "server.log")
-        with pytest.raises(urllib.error.HTTPError, match="401"):  # no one gets in without logging in
-            urllib.request.urlopen(url + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
-        with pytest.MonkeyPatch.context() as patch:  # this process's MLflow clients log in too
-            for key, value in CREDENTIALS.items():
-                patch.setenv(key, value)
-            yield url
-    finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, 15)  # the script stops PostgreSQL and MLflow on SIGTERM
-        try:
-            proc.wait(timeout=60)
-        finally:
-            kill_group(proc)  # SIGKILL only when SIGTERM did not stop it in time
-            log.close()
-            shutil.rmtree(state, ignore_errors=True)
+# the server (tests/e2e/conftest.py, `team_server`) runs with MLflow's basic-auth; clients log in
+# with MLflow's standard variables
+CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
 
 
-def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path: Path):
+def test_the_pipeline_logs_to_the_shared_server_over_http(team_server: Server, tmp_path: Path, monkeypatch):
     import mlflow
 
+    server = team_server.url
+    for key, value in CREDENTIALS.items():  # this process's MLflow clients log in too
+        monkeypatch.setenv(key, value)
     repo = tmp_path / "project"
-    make_repo(repo)
+    make_repo(repo, seeds=[1])  # one seed: every request pays the server's password check (scrypt)
     dvc(repo, "repro", MLFLOW_TRACKING_URI=server, **CREDENTIALS)
     assert not (repo / "mlflow.db").exists()  # nothing went to the embedded store
     client = mlflow.MlflowClient(tracking_uri=server)
     experiment = client.get_experiment_by_name("deconvolution")
     runs = client.search_runs([experiment.experiment_id])
     training = {r.info.run_name: r for r in runs if r.data.tags.get("summary") != "true"}
-    assert set(training) == {f"{v}/seed-{s}" for v in VARIANTS for s in SEEDS}
-    for name, path in metrics_files(repo).items():
+    assert set(training) == {f"{v}/seed-1" for v in VARIANTS}
+    for name, path in metrics_files(repo, seeds=[1]).items():
         run, metrics = training[name], json.loads(path.read_text())
         assert run.info.status == "FINISHED"
         assert metrics["run_id"] == run.info.run_id
@@ -129,6 +78,11 @@ def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path:
     # a grid of queued experiments run by two workers lands on the shared server too
     status = run_queued_grid(repo, "grid", MLFLOW_TRACKING_URI=server, **CREDENTIALS)
     assert status.count("Success") == 2, status
+    before = {r.info.run_id for r in runs}
+    new = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_id not in before]
+    assert sorted((r.data.tags["dvc.experiment"], r.info.run_name, r.info.status) for r in new) == [
+        (f"grid-{units}", "baseline/seed-1", "FINISHED") for units in (41, 43)
+    ]
     reports = client.get_experiment_by_name("deconvolution-reports")
     summaries = client.search_runs([reports.experiment_id], filter_string="tags.summary = 'true'")
     assert {r.data.tags.get("dvc.experiment") for r in summaries} >= {"grid-41", "grid-43"}
@@ -136,10 +90,8 @@ def test_the_pipeline_logs_to_the_shared_server_over_http(server: str, tmp_path:
     assert not (repo / "mlflow.db").exists()
 
 
-def test_dvc_remote_push_then_pull_restores_everything(tmp_path: Path):
-    repo = tmp_path / "project"
-    make_repo(repo)
-    dvc(repo, "repro", "train@transposed")  # fetch, prepare and one variant: data and models to share
+def test_dvc_remote_push_then_pull_restores_everything(project_copy: Path, tmp_path: Path):
+    repo = project_copy  # a built project: data and models to share
     dvc(repo, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
     dvc(repo, "push")
     model = repo / "models" / "transposed" / "seed-1" / "model.keras"
@@ -152,7 +104,9 @@ def test_dvc_remote_push_then_pull_restores_everything(tmp_path: Path):
     assert {"fetch", "prepare", "train@transposed"}.isdisjoint(changed_stages(repo))
 
 
-def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_logs(tmp_path: Path):
+def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_logs(
+    tmp_path: Path, migrated_store: Path
+):
     import keras
     import mlflow
     import numpy as np
@@ -164,6 +118,7 @@ def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_lo
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     command = stage_command("train", params, variant="baseline")  # as dvc.yaml runs it
     write_prepared(tmp_path / arg_value(command, "--data"), dataset=params["data"]["dataset"])
+    copy_store(migrated_store, tmp_path / "mlflow.db")  # the chief's store, empty (worker 1 makes a scratch one)
     roots = {flag: command.index(flag) + 1 for flag in ("--models", "--metrics", "--plots")}
     models_out, *_ = stage_outs("train", params, variant="baseline")
     model_dir = Path(models_out).relative_to(command[roots["--models"]]) / "seed-1"  # under each worker's --models

@@ -1,5 +1,12 @@
 """`python -m pipeline predict` as a user runs it: a model logged to MLflow (registered, alias
-champion) or left by the train stage, image files in, CSV out; bad input is one line on stderr."""
+champion) or left by the train stage, image files in, CSV out; bad input is one line on stderr.
+
+Most cases run the command's own code in this process (`predict_here`: the stage runner with the
+predict stage's parse_args and main, as `python -m pipeline predict` runs them), which spares each a
+new interpreter and TensorFlow's import. What only a process shows is checked with one: the command
+as a user types it (the project's store, no TensorFlow start-up lines), a reader that stops early,
+and usage errors answered before TensorFlow is imported.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_store import NAME, RUN_NAME, learnable_images, log_champion, tracking_store, train_network
+from model_store import NAME, RUN_NAME, learnable_images, log_champion, tracking_store
 from PIL import Image
-from support import ROOT, clean_env, free_port, kill_group, run
+from support import ROOT, clean_env, copy_store, free_port, kill_group, run, run_stage_here
 
 from pipeline.idx import write_idx
 
@@ -27,12 +34,23 @@ def predict_command(model: str, *files: Path | str, extra: Sequence[str] = ()) -
     return [sys.executable, "-m", "pipeline", "predict", "--model", model, *map(str, files), *extra]
 
 
+def predict_here(
+    monkeypatch, capsys, model: str, *files: Path | str, cwd: Path, uri: str | None, extra: Sequence[str] = ()
+) -> subprocess.CompletedProcess:
+    """`predict_command(model, *files, extra)` run in this process (support.run_stage_here), in `cwd`,
+    with MLFLOW_TRACKING_URI `uri` (None: unset): its exit status, stdout and stderr."""
+    monkeypatch.chdir(cwd)
+    if uri is not None:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return run_stage_here("predict", predict_command(model, *files, extra=extra)[4:], capsys)
+
+
 def parse_csv(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, learned_network, migrated_store):
     """A store holding a learned classifier as champion, that classifier's own probabilities for
     image files of every format, a train output folder of the same network and an MLflow model folder."""
     import mlflow
@@ -40,9 +58,9 @@ def store(tmp_path_factory):
     from pipeline.inference import classifier
 
     root = tmp_path_factory.mktemp("predict")
-    network = train_network("centered")
+    network = learned_network
     model = classifier(network, "centered")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = copy_store(migrated_store, root / "mlflow.db")
     with tracking_store(uri):
         run_id = log_champion(model, root / "mlartifacts", "centered")
         copy = root / "mlflow-model"  # an MLflow model folder, as `mlflow artifacts download` leaves it
@@ -92,39 +110,43 @@ def model_argument(store: dict, form: str) -> str:
     }[form]
 
 
-@pytest.mark.parametrize("form", ["alias", "version", "run", "mlflow-folder", "train-folder"])
-def test_predictions_are_the_models_own_for_every_model_form_and_file_format(store, form):
-    env = clean_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=store["uri"])
-    if form == "alias":
-        del env["MLFLOW_TRACKING_URI"]  # without it: the project's mlflow.db, in the folder it runs in
-    result = run(
-        predict_command(model_argument(store, form), *store["inputs"]), cwd=store["root"], env=env, timeout=TIMEOUT
-    )
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stdout.splitlines()[0] == "source,index,predicted_class,probability"
-    rows = parse_csv(result.stdout)
+def assert_the_models_own_predictions(store: dict, stdout: str) -> None:
+    """The CSV holds, for every image of store["inputs"], the classifier's own most probable class
+    and its probability; and the model has learned: it is right about these held-out images, and sure of it."""
+    assert stdout.splitlines()[0] == "source,index,predicted_class,probability"
+    rows = parse_csv(stdout)
     expected = store["probabilities"]
     assert [r["source"] for r in rows] == store["sources"]
     assert [int(r["index"]) for r in rows] == store["indices"]
     assert [int(r["predicted_class"]) for r in rows] == list(expected.argmax(axis=1))
     np.testing.assert_allclose([float(r["probability"]) for r in rows], expected.max(axis=1), atol=2e-6)
-    # the model has learned: it is right about these held-out images, and sure of it
     assert [int(r["predicted_class"]) for r in rows] == list(store["labels"])
     assert min(float(r["probability"]) for r in rows) > 0.5
 
 
-def test_batch_size_does_not_change_the_predictions(store):
-    env = clean_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=store["uri"])
-    result = run(
-        predict_command(str(store["trained"]), store["inputs"][3], extra=["--batch-size", "2"]),
-        cwd=store["root"],
-        env=env,
-        timeout=TIMEOUT,
+@pytest.mark.parametrize("form", ["alias", "version", "run", "mlflow-folder", "train-folder"])
+def test_predictions_are_the_models_own_for_every_model_form_and_file_format(store, form, monkeypatch, capsys):
+    # the alias without MLFLOW_TRACKING_URI: the project's mlflow.db, in the folder it runs in
+    uri = None if form == "alias" else store["uri"]
+    result = predict_here(
+        monkeypatch, capsys, model_argument(store, form), *store["inputs"], cwd=store["root"], uri=uri
     )
     assert result.returncode == 0, result.stderr
-    rows = parse_csv(result.stdout)
-    assert [int(r["predicted_class"]) for r in rows] == list(store["labels"][3:8])
+    assert_the_models_own_predictions(store, result.stdout)
+
+
+def test_the_command_as_a_user_types_it_in_the_project_folder(store):
+    """`python -m pipeline predict --model models:/...@champion FILE...` in the project folder, without
+    MLFLOW_TRACKING_URI (the project's mlflow.db) and outside make (no TF_CPP_MIN_LOG_LEVEL): the
+    model's own predictions, whatever the batch size, and on stderr only its own lines, one per file,
+    none of TensorFlow's start-up lines (oneDNN notice, the CUDA probe's `failed call to cuInit`)."""
+    env = {k: v for k, v in clean_env(PYTHONPATH=str(ROOT)).items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    command = predict_command(model_argument(store, "alias"), *store["inputs"], extra=["--batch-size", "2"])
+    result = run(command, cwd=store["root"], env=env, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert_the_models_own_predictions(store, result.stdout)
+    counts = [1, 1, 1, 5, 4]
+    assert result.stderr.splitlines() == [f"{f}: {n} image(s)" for f, n in zip(store["inputs"], counts, strict=True)]
 
 
 def _bad_file(directory: Path, kind: str) -> Path:
@@ -149,17 +171,15 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_FILES))
-def test_a_bad_file_fails_with_one_line_and_no_csv(store, tmp_path, kind):
+def test_a_bad_file_fails_with_one_line_and_no_csv(store, tmp_path, kind, monkeypatch, capsys):
     """Every file is checked before any output: a good file before the bad one writes no rows either."""
     bad, message = _bad_file(tmp_path, kind), BAD_FILES[kind]
-    env = clean_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=store["uri"])
-    result = run(
-        predict_command(str(store["trained"]), store["inputs"][0], bad), cwd=tmp_path, env=env, timeout=TIMEOUT
+    result = predict_here(
+        monkeypatch, capsys, str(store["trained"]), store["inputs"][0], bad, cwd=tmp_path, uri=store["uri"]
     )
     assert result.returncode == 2
     assert result.stdout == ""
     assert message in result.stderr
-    assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(bad) in errors[0], result.stderr
 
@@ -177,48 +197,47 @@ MISSING_MODELS = {
 
 
 @pytest.mark.parametrize("what", sorted(MISSING_MODELS))
-def test_a_model_that_is_not_there_is_one_line(store, what):
+def test_a_model_that_is_not_there_is_one_line(store, what, monkeypatch, capsys):
     model, *messages = MISSING_MODELS[what]
-    env = clean_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=store["uri"])
-    result = run(predict_command(model, store["inputs"][0]), cwd=store["root"], env=env, timeout=TIMEOUT)
+    result = predict_here(monkeypatch, capsys, model, store["inputs"][0], cwd=store["root"], uri=store["uri"])
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     for message in messages:
         assert message in result.stderr
-    assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
 
 
-def test_no_store_and_a_store_that_is_down(store, tmp_path):
+def test_no_store_and_a_store_that_is_down(store, tmp_path, monkeypatch, capsys):
     """A missing SQLite store is not created; a tracking server that does not answer is named."""
     absent = tmp_path / "elsewhere" / "mlflow.db"
-    env = clean_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{absent}")
-    result = run(
-        predict_command(f"models:/{NAME}@champion", store["inputs"][0]), cwd=tmp_path, env=env, timeout=TIMEOUT
-    )
+    model = f"models:/{NAME}@champion"
+    result = predict_here(monkeypatch, capsys, model, store["inputs"][0], cwd=tmp_path, uri=f"sqlite:///{absent}")
     assert result.returncode == 2
     assert f"error: there is no MLflow store at sqlite:///{absent}: run the pipeline first" in result.stderr
     assert not absent.exists()
     assert not absent.parent.exists()
 
     down = f"http://127.0.0.1:{free_port()}"
-    env = clean_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=down)
-    result = run(
-        predict_command(f"models:/{NAME}@champion", store["inputs"][0]), cwd=tmp_path, env=env, timeout=TIMEOUT
-    )
+    result = predict_here(monkeypatch, capsys, model, store["inputs"][0], cwd=tmp_path, uri=down)
     assert result.returncode == 2
     assert f"error: cannot reach the MLflow tracking server at {down}" in result.stderr
-    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert result.stdout == ""
 
 
-def test_usage_errors(tmp_path):
-    env = clean_env(PYTHONPATH=str(ROOT))
+def test_usage_errors_are_answered_before_tensorflow_is_imported(tmp_path):
+    """A `tensorflow` package that fails on import comes first on PYTHONPATH: the usage errors still
+    get argparse's answers, so the command parsed its arguments before it imported TensorFlow."""
+    poisoned = tmp_path / "poisoned" / "tensorflow"
+    poisoned.mkdir(parents=True)
+    (poisoned / "__init__.py").write_text("raise ImportError('TensorFlow was imported')\n")
+    env = clean_env(PYTHONPATH=f"{poisoned.parent}:{ROOT}")
     no_files = run(predict_command("x"), cwd=tmp_path, env=env, timeout=TIMEOUT)
     assert no_files.returncode == 2
     assert "the following arguments are required: FILE" in no_files.stderr
     batch = run(predict_command("x", "a.png", extra=["--batch-size", "0"]), cwd=tmp_path, env=env, timeout=TIMEOUT)
     assert batch.returncode == 2
     assert "--batch-size must be at least 1" in batch.stderr
+    assert "TensorFlow was imported" not in no_files.stderr + batch.stderr
 
 
 def test_a_reader_that_stops_early_gets_no_traceback(store, tmp_path):

@@ -1,6 +1,7 @@
 """What a training run leaves in MLflow besides its curves: the logged model (named, with an input
 example, linked to its final metrics), its datasets, the registry's champions, the experiment's
-kind, the reports experiment and opt-in system metrics. A real SQLite store per test, in-process."""
+kind, the reports experiment and opt-in system metrics. A real SQLite store per test, in-process
+(a copy of conftest's migrated empty store, but where a test is about how the store comes to be)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from support import run_record, write_prepared
+from support import copy_store, run_record, write_prepared
 
 from pipeline import prepared, registry, run_logging, tracking, training_logging
 from pipeline.config import Params, Variant, load_params
@@ -22,11 +23,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch) -> str:
-    """A fresh SQLite store; returns the training experiment's id. (Artifacts go to ./mlruns of the
-    working folder with a store given by MLFLOW_TRACKING_URI: tmp_path here.)"""
+def store(tmp_path: Path, monkeypatch, migrated_store: Path) -> str:
+    """A new SQLite store (a copy of the session's migrated empty one); returns the training
+    experiment's id. (Artifacts go to ./mlruns of the working folder with a store given by
+    MLFLOW_TRACKING_URI: tmp_path here.)"""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", copy_store(migrated_store, tmp_path / "mlflow.db"))
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
@@ -228,9 +230,9 @@ def test_the_experiment_has_its_kind_and_summaries_go_to_the_reports_experiment(
     assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
 
 
-def test_system_metrics_are_opt_in_and_sampled_every_second(tmp_path: Path, monkeypatch):
+def test_system_metrics_are_opt_in_and_sampled_every_second(tmp_path: Path, monkeypatch, migrated_store: Path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", copy_store(migrated_store, tmp_path / "mlflow.db"))
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     for key in ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING"):
         monkeypatch.delenv(key, raising=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import copy_store
 
 from pipeline import run_logging
 from pipeline.paths import run_name
@@ -32,7 +33,9 @@ def test_run_names_and_tags(monkeypatch):
     assert "hunter2" not in str(tags)
 
 
-def test_metrics_logged_twice_in_one_millisecond_to_a_run_with_a_model_do_not_fail(tmp_path: Path, monkeypatch):
+def test_metrics_logged_twice_in_one_millisecond_to_a_run_with_a_model_do_not_fail(
+    tmp_path: Path, monkeypatch, migrated_store: Path
+):
     """Two parallel re-evaluations of one trained run log the same names; MLflow's key has no value."""
     import time
 
@@ -44,7 +47,7 @@ def test_metrics_logged_twice_in_one_millisecond_to_a_run_with_a_model_do_not_fa
     from pipeline.models import build_model
     from pipeline.training_logging import log_keras_model
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", copy_store(migrated_store, tmp_path / "mlflow.db"))
     monkeypatch.chdir(tmp_path)  # the default experiment keeps artifacts in ./mlruns
     spec = Variant.model_validate({"layers": [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": None}]})
     model = build_model(spec, (28, 28, 1), 10)
