@@ -123,9 +123,7 @@ def rescue_table(results: pd.DataFrame, suffix: str = "_bias0") -> pd.DataFrame:
         *((v, [v], [w]) for v, w in pairs),
         ("all of them", [v for v, _ in pairs], [w for _, w in pairs]),
     ]:
-        kept = [_common_runs(results, v, w) for v, w in zip(before, after, strict=True)]
-        one = pd.concat([a for a, _ in kept])
-        zero = pd.concat([b for _, b in kept])
+        one, zero = _pooled_runs(results, list(zip(before, after, strict=True)))
         k1, n1, k0, n0 = int(one["trained"].sum()), len(one), int(zero["trained"].sum()), len(zero)
         p = statistics.fisher_exact_p_value(k1, n1, k0, n0)
         rows.append(
@@ -147,6 +145,13 @@ def _common_runs(results: pd.DataFrame, variant: str, other: str) -> tuple[pd.Da
     b = results[results["variant"] == other].set_index("seed")
     seeds = a.index.intersection(b.index).sort_values()
     return a.loc[seeds], b.loc[seeds]
+
+
+def _pooled_runs(results: pd.DataFrame, pairs: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of the first and of the second variant of each pair, each pair on the seeds both ran,
+    pooled over the pairs."""
+    kept = [_common_runs(results, a, b) for a, b in pairs]
+    return pd.concat([a for a, _ in kept]), pd.concat([b for _, b in kept])
 
 
 def _on_common_seeds(results: pd.DataFrame, variant: str, reference: str) -> tuple[np.ndarray, np.ndarray]:
@@ -193,8 +198,7 @@ def family_table(protocol: Protocol, results: pd.DataFrame) -> pd.DataFrame:
                 raise DataError(f"{comparison.label()}: no variant here has a `_bias0` twin")
             for v, r in pairs:
                 _on_common_seeds(results, v, r)  # both variants are there
-            kept = [_common_runs(results, v, r) for v, r in pairs]
-            one, other = pd.concat([a for a, _ in kept]), pd.concat([b for _, b in kept])
+            one, other = _pooled_runs(results, pairs)
             k, n, rk, rn = int(one["trained"].sum()), len(one), int(other["trained"].sum()), len(other)
             row |= {
                 "seeds": str(n),
