@@ -21,11 +21,15 @@ run: setup  ## the default pipeline: fetch, prepare, train (then test) each vari
 results: setup  ## every published table: each protocol as a grid (grids/<protocol>/, on every core, or the cluster in RAY_ADDRESS; a rerun resumes), its per-run CSV under docs/results/, then the tables of docs/results.md and README.md (PROTOCOLS="digits-centered digits-unit" runs some; `python -m pipeline.results tables` only redraws the tables)
 	$(BIN)/python -m pipeline.results run $(PROTOCOLS)
 
-test: setup  ## the whole test suite (no network): unit, stages and e2e
-	$(BIN)/python -m pytest
+# one pytest-xdist worker per core; a test file stays on one worker (in the order collected: the
+# longest e2e files first), so a module's costly fixture (the built project, the team server) is made once
+PARALLEL := -n logical --dist loadfile --no-loadscope-reorder
+
+test: setup  ## the whole test suite (no network): unit, stages and e2e, on every core
+	$(BIN)/python -m pytest $(PARALLEL)
 
 test-fast: setup  ## the unit tests alone, for a quick check while editing (under 2 minutes)
-	$(BIN)/python -m pytest -m unit
+	$(BIN)/python -m pytest -m unit $(PARALLEL)
 
 lint: setup
 	$(BIN)/ruff check pipeline tests benchmarks

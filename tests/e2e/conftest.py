@@ -1,5 +1,6 @@
-"""What the e2e tests share, made once per session: a project after one `dvc repro`, and a team
-server (MLflow on PostgreSQL)."""
+"""What the e2e tests share: a project after one `dvc repro`, and a team server (MLflow on
+PostgreSQL). Each is used by one file only (test_pipeline_e2e.py, test_team.py): `make test` runs
+pytest-xdist with `--dist loadfile`, one worker per file, so each is made once."""
 
 from __future__ import annotations
 
@@ -31,11 +32,11 @@ def project_copy(built_project: Path, tmp_path: Path) -> Path:
     return copy_project(built_project, tmp_path / "project")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def team_server() -> Iterator[Server]:
     """`make server`'s script on 127.0.0.1 with an admin password (basic-auth on) and two MLflow
-    workers, started once per session for the tests that use a server without stopping it
-    (test_team.py, test_server_security.py); SIGTERM stops it at the end, as a supervisor would."""
+    workers, started once for the tests that use a server without stopping it (test_team.py);
+    SIGTERM stops it after them, as a supervisor would."""
     if not have_postgres():
         pytest.skip("PostgreSQL is not installed (.ci/run installs it: apt-get install postgresql)")
     # not under pytest's private (0700) temp root: as root, PostgreSQL runs as the postgres user

@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import math
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -380,3 +381,17 @@ def assert_dvc_compares_experiments_by_the_summary_per_variant_only(repo: Path, 
     assert "transposed.acc" in text and f"{variants[-1]}.trained_share" in text
     assert "metrics/" not in text and "seed" not in text
     return rows
+
+
+def test_dvc_remote_push_then_pull_restores_everything(project_copy: Path, tmp_path: Path):
+    repo = project_copy  # a built project: data and models to share
+    dvc(repo, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    dvc(repo, "push")
+    model = repo / "models" / "transposed" / "seed-1" / "model.keras"
+    before = model.read_bytes()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    for out in ("data", "models"):
+        shutil.rmtree(repo / out)
+    dvc(repo, "pull", "--with-deps", "train@transposed")
+    assert model.read_bytes() == before
+    assert {"fetch", "prepare", "train@transposed"}.isdisjoint(changed_stages(repo))

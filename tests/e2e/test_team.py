@@ -1,14 +1,22 @@
-"""Team scale: the pipeline against `make server` (MLflow on PostgreSQL), and a DVC remote round trip."""
+"""Team scale: the pipeline against `make server` (MLflow on PostgreSQL), who gets into that server
+and where its secrets stay, and two processes training one model.
+
+The server tests share the session's server (tests/e2e/conftest.py, `team_server`), all in this file:
+under `make test`'s pytest-xdist (`--dist loadfile`) one worker runs a file, so the server starts once.
+How a server starts and stops is tests/e2e/test_server_security.py's.
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
+import secrets
+import stat
 import subprocess
 import time
 from pathlib import Path
 
-from dvc_project import VARIANTS, changed_stages, dvc, make_repo, metrics_files, run_queued_grid
+import pytest
+from dvc_project import VARIANTS, dvc, make_repo, metrics_files, run_queued_grid
 from support import (
     ROOT,
     Lines,
@@ -21,7 +29,7 @@ from support import (
     stage_outs,
     write_prepared,
 )
-from team_server import ADMIN, PASSWORD, Server
+from team_server import ADMIN, PASSWORD, Server, call, server_processes
 
 # the server (tests/e2e/conftest.py, `team_server`) runs with MLflow's basic-auth; clients log in
 # with MLflow's standard variables
@@ -90,18 +98,88 @@ def test_the_pipeline_logs_to_the_shared_server_over_http(team_server: Server, t
     assert not (repo / "mlflow.db").exists()
 
 
-def test_dvc_remote_push_then_pull_restores_everything(project_copy: Path, tmp_path: Path):
-    repo = project_copy  # a built project: data and models to share
-    dvc(repo, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
-    dvc(repo, "push")
-    model = repo / "models" / "transposed" / "seed-1" / "model.keras"
-    before = model.read_bytes()
-    shutil.rmtree(repo / ".dvc" / "cache")
-    for out in ("data", "models"):
-        shutil.rmtree(repo / out)
-    dvc(repo, "pull", "--with-deps", "train@transposed")
-    assert model.read_bytes() == before
-    assert {"fetch", "prepare", "train@transposed"}.isdisjoint(changed_stages(repo))
+def test_only_logged_in_clients_get_in(team_server: Server, monkeypatch):
+    import mlflow
+
+    url, admin = team_server.url, (ADMIN, PASSWORD)
+    search = "/api/2.0/mlflow/experiments/search?max_results=10"
+    assert call(url, "/health")[0] == 200  # what a load balancer probes stays open
+    assert call(url, search)[0] == 401
+    assert call(url, search, user=(ADMIN, "not-the-password"))[0] == 401
+    assert call(url, search, user=admin)[0] == 200
+
+    # a client logs in with MLflow's standard variables, creates an experiment and logs a run
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    client = mlflow.MlflowClient(tracking_uri=url)
+    experiment_id = client.create_experiment("security")
+    run_ = client.create_run(experiment_id, run_name="logged-in")
+    for step, loss in enumerate([2.3, 1.1, 0.4]):
+        client.log_metric(run_.info.run_id, "loss", loss, step=step)
+    client.log_param(run_.info.run_id, "variant", "baseline")
+    client.set_terminated(run_.info.run_id)
+    logged = client.get_run(run_.info.run_id)
+    assert logged.info.status == "FINISHED"
+    assert logged.data.params == {"variant": "baseline"}
+    assert [m.value for m in client.get_metric_history(run_.info.run_id, "loss")] == [2.3, 1.1, 0.4]
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    # logged out, the server itself refuses: a 401 (a server that is down or failing answers otherwise)
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"failed with error code 401 != 200") as refused:
+        client.search_experiments()
+    assert refused.value.get_http_status_code() == 401
+    assert "You are not authenticated" in refused.value.message
+
+    # a teammate the admin adds logs to the shared experiment (default permission EDIT) but may not delete it
+    alice = ("alice", secrets.token_urlsafe(18))
+    new_user = "/api/2.0/mlflow/users/create"
+    assert call(url, new_user, method="POST", body={"username": alice[0], "password": alice[1]}, user=admin)[0] == 200
+    created = call(url, "/api/2.0/mlflow/runs/create", method="POST", body={"experiment_id": experiment_id}, user=alice)
+    assert created[0] == 200, created
+    delete = {"experiment_id": experiment_id}
+    assert call(url, "/api/2.0/mlflow/experiments/delete", method="POST", body=delete, user=alice)[0] == 403
+    # no one signs up without logging in, and only an admin adds users
+    eve = {"username": "eve", "password": secrets.token_urlsafe(18)}
+    assert call(url, new_user, method="POST", body=eve)[0] == 401
+    assert call(url, new_user, method="POST", body=eve, user=alice)[0] == 403
+
+
+def test_postgresql_wants_its_password_and_secrets_stay_private(team_server: Server):
+    import psycopg2
+
+    server = team_server
+    connect = dict(host="127.0.0.1", port=server.pg_port, user="mlflow", dbname="mlflow", connect_timeout=10)
+    with pytest.raises(psycopg2.OperationalError, match="no password supplied"):
+        psycopg2.connect(**connect, passfile="/dev/null").close()
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(**connect, password="not-the-password").close()
+    with psycopg2.connect(**connect, password=server.pg_password()) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT auth_method FROM pg_hba_file_rules")
+        assert {row[0] for row in cursor.fetchall()} == {"scram-sha-256"}  # no trust, for any connection
+        cursor.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'experiments'")
+        assert cursor.fetchone()[0] == 1  # MLflow's tables, in the database it reaches through PGPASSFILE
+    conn.close()
+
+    auth = server.state / "auth"
+    for path, mode in [
+        (server.state / "pgpass", 0o600),
+        (auth, 0o700),
+        (auth / "basic_auth.db", 0o600),
+        (auth / "basic_auth.ini", 0o600),
+        (auth / "flask-secret-key", 0o600),
+        (server.pgdata, 0o700),
+    ]:
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+    assert PASSWORD not in (auth / "basic_auth.ini").read_text()
+
+    # no secret on a command line, in the server's output or in its auth config
+    secret_values = [PASSWORD, server.pg_password(), (auth / "flask-secret-key").read_text().strip()]
+    processes = server_processes(server)
+    assert any("mlflow server" in cmd for _, cmd in processes.values()), processes
+    for _, cmd in processes.values():
+        assert not any(value in cmd for value in secret_values), cmd
+    output = server.log.read_text()
+    assert not any(value in output for value in secret_values)
 
 
 def test_two_multi_worker_processes_train_the_same_weights_and_only_the_chief_logs(
