@@ -126,6 +126,11 @@ case "${MLFLOW_AUTH_DEFAULT_PERMISSION:=EDIT}" in
   READ | USE | EDIT | MANAGE | NO_PERMISSIONS) ;;
   *) die "MLFLOW_AUTH_DEFAULT_PERMISSION=$MLFLOW_AUTH_DEFAULT_PERMISSION: use READ, USE, EDIT, MANAGE or NO_PERMISSIONS" ;;
 esac
+# seconds a worker trusts a user and password it has checked (MLflow's auth_cache_ttl_seconds; 0, the
+# default, checks the password hash on every request: about 0.1 s of CPU each)
+case "${MLFLOW_AUTH_CACHE_TTL_SECONDS:=0}" in
+  '' | *[!0-9]*) die "MLFLOW_AUTH_CACHE_TTL_SECONDS=$MLFLOW_AUTH_CACHE_TTL_SECONDS: use a whole number of seconds (0 turns the cache off)" ;;
+esac
 if [ -n "$AUTH" ] && [ -x "$(dirname "$MLFLOW")/python" ] && ! "$(dirname "$MLFLOW")/python" -c "import flask_wtf" 2>/dev/null; then
   die "MLflow's basic-auth app needs Flask-WTF: pip install 'mlflow[auth]' into $(dirname "$(dirname "$MLFLOW")")"
 fi
@@ -320,6 +325,7 @@ default_permission = $MLFLOW_AUTH_DEFAULT_PERMISSION
 database_uri = sqlite:///$AUTH_DIR/basic_auth.db
 admin_username = admin
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = $MLFLOW_AUTH_CACHE_TTL_SECONDS
 EOF
   if [ -f "$AUTH_DIR/basic_auth.db" ]; then chmod 600 "$AUTH_DIR/basic_auth.db"; fi
   export MLFLOW_AUTH_CONFIG_PATH=$AUTH_DIR/basic_auth.ini MLFLOW_FLASK_SERVER_SECRET_KEY
@@ -330,7 +336,7 @@ if is_loopback "$HOST"; then URL_HOST=$HOST; else URL_HOST=$(hostname); fi
 case "$URL_HOST" in *:*) URL_HOST="[$URL_HOST]" ;; esac
 echo "PostgreSQL on 127.0.0.1:$PGPORT (data in $PGDATA_DIR); MLflow on http://$HOST:$PORT (artifacts in $STATE/artifacts)" >&2
 if [ -n "$AUTH" ]; then
-  echo "authentication: on (MLflow basic-auth; users in $AUTH_DIR/basic_auth.db; admin user ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}; default permission $MLFLOW_AUTH_DEFAULT_PERMISSION)" >&2
+  echo "authentication: on (MLflow basic-auth; users in $AUTH_DIR/basic_auth.db; admin user ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}; default permission $MLFLOW_AUTH_DEFAULT_PERMISSION; logins cached ${MLFLOW_AUTH_CACHE_TTL_SECONDS} s)" >&2
   echo "clients: export MLFLOW_TRACKING_URI=http://$URL_HOST:$PORT MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password>" >&2
 else
   echo "authentication: off (127.0.0.1 only; set MLFLOW_AUTH_ADMIN_PASSWORD to turn it on)" >&2

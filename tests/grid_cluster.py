@@ -146,7 +146,8 @@ class LocalCluster:
 
 
 class MlflowServer:
-    """`mlflow server` on 127.0.0.1 over a SQLite file, for grids on a cluster (they refuse SQLite)."""
+    """`mlflow server` on 127.0.0.1 over a SQLite file, for grids on a cluster (they refuse SQLite).
+    It starts at once; `ready()` waits until it answers (meanwhile the cluster can start)."""
 
     def __init__(self, folder: Path, environment: dict[str, str]) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
@@ -156,7 +157,10 @@ class MlflowServer:
         command += ["--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1], "--workers", "1"]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=log, env=environment, start_new_session=True)
+
+    def ready(self) -> MlflowServer:
         wait_for_server(self.url, self.proc, self.log)
+        return self
 
     def stop(self) -> None:
         stop(self.proc)
@@ -201,23 +205,27 @@ def mlflow_runs(uri: str) -> list[Any]:
 
 def same_numbers(folder: Path) -> dict:
     """One grid (2 variants x 2 seeds) three ways: on a local Ray (one worker), in-process by the train
-    stage pinned to one core (`taskset -c 0`), and on a 2-node cluster of `ray start` nodes."""
+    stage pinned to one core (`taskset -c N`, a variant per core), and on a 2-node cluster of
+    `ray start` nodes."""
     project = make_project(folder / "project")
     environment = env(folder / "home")
     run = dict(cwd=project, env=environment, capture_output=True, text=True, timeout=600)
     local = subprocess.run(grid_command("g-local", "--workers", "1"), **run)
     assert local.returncode == 0, local.stderr
     (prepared_dir,) = (project / "data" / "grid").iterdir()
-    for variant in ("baseline", "transposed"):
-        stage = ["taskset", "-c", "0", str(BIN / "python"), "-m", "pipeline", "train", "--variant", variant]
-        stage += ["--data", str(prepared_dir)] + [
-            f"--{kind}=in-process/{kind}" for kind in ("models", "metrics", "plots")
-        ]
-        trained = subprocess.run(stage, **run)
-        assert trained.returncode == 0, trained.stderr
-    cluster, server = LocalCluster(folder, environment).start(workers=1), None
+    stages = []
+    for core, variant in enumerate(("baseline", "transposed")):  # side by side, each on a core of its own
+        stage = ["taskset", "-c", str(core % os.cpu_count()), str(BIN / "python"), "-m", "pipeline", "train"]
+        stage += ["--variant", variant, "--data", str(prepared_dir)]
+        stage += [f"--{kind}=in-process/{kind}" for kind in ("models", "metrics", "plots")]
+        stages.append(subprocess.Popen(stage, cwd=project, env=environment, stderr=subprocess.PIPE, text=True))
+    for stage in stages:
+        _, errors = stage.communicate(timeout=600)
+        assert stage.returncode == 0, errors
+    server, cluster = MlflowServer(folder, environment), None
     try:
-        server = MlflowServer(folder, environment)
+        cluster = LocalCluster(folder, environment).start(workers=1)
+        server.ready()
         exposed = listening()
         remote = subprocess.run(
             grid_command("g-cluster", "--address", cluster.address),
@@ -225,9 +233,9 @@ def same_numbers(folder: Path) -> dict:
         )
         assert remote.returncode == 0, remote.stderr
     finally:
-        if server is not None:
-            server.stop()
-        cluster.stop()
+        server.stop()
+        if cluster is not None:
+            cluster.stop()
     return {"interfaces": exposed[0], "listening": exposed[1], "server": server.url}
 
 
@@ -236,10 +244,11 @@ def node_dies(folder: Path) -> dict:
     finished, while others are in flight."""
     project = make_project(folder / "project", steps=1001)  # runs of seconds: one is in flight at the kill
     environment = env(folder / "home")
-    cluster, server = LocalCluster(folder, environment).start(workers=1), None
+    server, cluster = MlflowServer(folder, environment), None
     try:
-        server = MlflowServer(folder, environment)
-        command = grid_command("g", "--address", cluster.address, "--seeds", "1-3")
+        cluster = LocalCluster(folder, environment).start(workers=1)
+        server.ready()
+        command = grid_command("g", "--address", cluster.address, "--seeds", "1-2")
         with open(folder / "grid.log", "wb") as log:
             grid = subprocess.Popen(
                 command,
@@ -256,9 +265,9 @@ def node_dies(folder: Path) -> dict:
         finally:
             stop(grid)
     finally:
-        if server is not None:
-            server.stop()
-        cluster.stop()
+        server.stop()
+        if cluster is not None:
+            cluster.stop()
     return {
         "returncode": returncode,
         "log": (folder / "grid.log").read_text()[-3000:],
@@ -271,7 +280,7 @@ def interrupt_resume(folder: Path) -> dict:
     then the same command again."""
     project = make_project(folder / "project", steps=401, variants=("baseline",))
     environment = env(folder / "home")
-    command = grid_command("g", "--workers", "1", "--seeds", "1-4")
+    command = grid_command("g", "--workers", "1", "--seeds", "1-3")
     with open(folder / "first.log", "wb") as log:
         grid = subprocess.Popen(
             command, cwd=project, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True

@@ -34,8 +34,8 @@ def project_copy(built_project: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def team_server() -> Iterator[Server]:
-    """`make server`'s script on 127.0.0.1 with an admin password (basic-auth on) and two MLflow
-    workers, started once for the tests that use a server without stopping it (test_team.py);
+    """`make server`'s script on 127.0.0.1 with an admin password (basic-auth on, logins cached for
+    60 s) and two MLflow workers, started once for the tests that use a server without stopping it (test_team.py);
     SIGTERM stops it after them, as a supervisor would."""
     if not have_postgres():
         pytest.skip("PostgreSQL is not installed (.ci/run installs it: apt-get install postgresql)")
@@ -48,6 +48,7 @@ def team_server() -> Iterator[Server]:
         free_port(),
         uuid.uuid4().hex,
         MLFLOW_WORKERS="2",
+        MLFLOW_AUTH_CACHE_TTL_SECONDS="60",  # the pipeline test makes hundreds of requests, 0.1 s of scrypt each
         MLFLOW_AUTH_ADMIN_PASSWORD=PASSWORD,
         MLFLOW_PG_DIR=str(state / "postgres"),
     )

@@ -54,6 +54,10 @@ def test_a_network_address_without_credentials_is_refused_before_anything_starts
     )
     result = run(["bash", str(ROOT / "scripts" / "mlflow-server.sh")], cwd=ROOT, env=env, timeout=120)
     assert result.returncode == 2 and "too short" in result.stderr and "12 characters" in result.stderr
+    # a login cache that is not a number of seconds, likewise
+    env = start_env(tmp_path / "state", port, free_port(), "x", MLFLOW_AUTH_CACHE_TTL_SECONDS="1m")
+    result = run(["bash", str(ROOT / "scripts" / "mlflow-server.sh")], cwd=ROOT, env=env, timeout=120)
+    assert result.returncode == 2 and "MLFLOW_AUTH_CACHE_TTL_SECONDS=1m: use a whole number" in result.stderr
     assert not (tmp_path / "state").exists()
 
 

@@ -107,6 +107,10 @@ def test_only_logged_in_clients_get_in(team_server: Server, monkeypatch):
     assert call(url, search)[0] == 401
     assert call(url, search, user=(ADMIN, "not-the-password"))[0] == 401
     assert call(url, search, user=admin)[0] == 200
+    for _ in range(2):  # a login the server has cached trusts that password and no other
+        assert call(url, search, user=(ADMIN, "not-the-password"))[0] == 401
+        assert call(url, search, user=admin)[0] == 200
+    assert "logins cached 60 s" in team_server.log.read_text()
 
     # a client logs in with MLflow's standard variables, creates an experiment and logs a run
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
