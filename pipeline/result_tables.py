@@ -141,10 +141,7 @@ def rescue_table(results: pd.DataFrame, suffix: str = "_bias0") -> pd.DataFrame:
 
 def _common_runs(results: pd.DataFrame, variant: str, other: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows of two variants on the seeds both ran, each in seed order."""
-    a = results[results["variant"] == variant].set_index("seed")
-    b = results[results["variant"] == other].set_index("seed")
-    seeds = a.index.intersection(b.index).sort_values()
-    return a.loc[seeds], b.loc[seeds]
+    return summary_numbers.on_common_seeds(results[results["variant"] == variant], results[results["variant"] == other])
 
 
 def _pooled_runs(results: pd.DataFrame, pairs: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -220,10 +217,8 @@ def scaling_table(centred: pd.DataFrame, unit: pd.DataFrame) -> pd.DataFrame:
     the variants."""
     rows, p_values = [], []
     for variant in [v for v in dict.fromkeys(centred["variant"]) if v in set(unit["variant"])]:
-        a = centred[centred["variant"] == variant].set_index("seed")["trained"]
-        b = unit[unit["variant"] == variant].set_index("seed")["trained"]
-        seeds = a.index.intersection(b.index)
-        k, n, uk, un = int(a[seeds].sum()), len(seeds), int(b[seeds].sum()), len(seeds)
+        a, b = summary_numbers.on_common_seeds(centred[centred["variant"] == variant], unit[unit["variant"] == variant])
+        k, n, uk, un = int(a["trained"].sum()), len(a), int(b["trained"].sum()), len(b)
         rows.append({"variant": variant, "trained, centred": f"{k}/{n}", "trained, [0, 1]": f"{uk}/{un}"})
         p_values.append(statistics.fisher_exact_p_value(k, n, uk, un))
     for row, p, holm in zip(rows, p_values, statistics.holm(p_values), strict=True):

@@ -196,20 +196,27 @@ def _verdict(
     )
 
 
+def on_common_seeds(one: pd.DataFrame, other: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two sets of runs (each of one variant, with a ``seed`` column) cut to the seeds both ran,
+    indexed by seed in seed order. Every paired comparison and every count of runs that trained
+    compares runs this way (the summary, the protocols' Holm families, the pixel-scaling families):
+    where one side ran more seeds, its extra runs are left out."""
+    one, other = one.set_index("seed"), other.set_index("seed")
+    seeds = one.index.intersection(other.index).sort_values()
+    return one.loc[seeds], other.loc[seeds]
+
+
 def _paired(runs: pd.DataFrame, variant: str, baseline: str) -> tuple[np.ndarray, np.ndarray]:
     """The test accuracies of variant and baseline on the seeds both have, aligned by seed."""
-    acc = runs.pivot_table(index="seed", columns="variant", values="test_accuracy", aggfunc="first")
-    both = acc[[variant, baseline]].dropna()
-    return both[variant].to_numpy(dtype=float), both[baseline].to_numpy(dtype=float)
+    a, b = on_common_seeds(runs[runs["variant"] == variant], runs[runs["variant"] == baseline])
+    return a["test_accuracy"].to_numpy(dtype=float), b["test_accuracy"].to_numpy(dtype=float)
 
 
 def _trained_counts(runs: pd.DataFrame, variant: str, baseline: str) -> tuple[int, int, int, int]:
     """(runs that trained, runs) of variant and of baseline on the seeds both have: the counts Fisher's
-    exact test compares (where a reference ran more seeds, its extra runs are left out, as in the
-    paired comparison)."""
-    flags = runs.pivot_table(index="seed", columns="variant", values="trained", aggfunc="first")
-    both = flags[[variant, baseline]].dropna().astype(bool)
-    return int(both[variant].sum()), len(both), int(both[baseline].sum()), len(both)
+    exact test compares."""
+    a, b = on_common_seeds(runs[runs["variant"] == variant], runs[runs["variant"] == baseline])
+    return int(a["trained"].sum()), len(a), int(b["trained"].sum()), len(b)
 
 
 def summarize(
