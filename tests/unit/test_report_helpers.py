@@ -1,4 +1,5 @@
-"""Small pieces of the compare stage: chance-level runs, confusion from pairs and over trained runs."""
+"""Small pieces of the compare stage: chance-level runs, runs on common seeds, confusion from pairs and
+over trained runs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pipeline.config import load_params
 from pipeline.models import upsampling_layer_names
 from pipeline.pooled import confusion_from_pairs, trained_confusions
 from pipeline.reporting import image_maps
-from pipeline.summary_numbers import collapsed_run, with_trained
+from pipeline.summary_numbers import collapsed_run, on_common_seeds, with_trained
 
 
 def test_trained_is_decided_once_as_a_column_and_collapsed_runs_read_it():
@@ -22,6 +23,15 @@ def test_trained_is_decided_once_as_a_column_and_collapsed_runs_read_it():
     assert not collapsed_run({"trained": True})
     assert collapsed_run({"trained": True, "diverged_at_step": 7})
     assert not collapsed_run({"trained": True, "diverged_at_step": None})
+
+
+def test_runs_are_compared_on_the_seeds_both_ran_in_seed_order():
+    one = pd.DataFrame({"seed": [3, 1, 2, 5], "test_accuracy": [0.3, 0.1, 0.2, 0.5]})
+    other = pd.DataFrame({"seed": [4, 2, 3, 1], "test_accuracy": [0.94, 0.92, 0.93, 0.91]})
+    a, b = on_common_seeds(one, other)
+    assert a.index.tolist() == b.index.tolist() == [1, 2, 3]  # 5 and 4 ran on one side only
+    assert a["test_accuracy"].tolist() == [0.1, 0.2, 0.3]
+    assert b["test_accuracy"].tolist() == [0.91, 0.92, 0.93]
 
 
 def test_confusion_from_pairs_counts_by_class_name_in_class_order():
