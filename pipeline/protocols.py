@@ -195,8 +195,6 @@ PROTOCOLS: dict[str, Protocol] = {
             references=("baseline", "upsample_only", "baseline_wide", "resize_conv"),
             same_as={"transposed_bias0": "transposed", "baseline_wide_bias0": "baseline_wide"},
             more_seeds=CONVERGE_MORE,
-            # 20 seeds, not 30: at about 90 s of work a run, seeds 21-30 did not fit the session that ran these
-            added_seeds=tuple(range(11, 21)),
             family=CONVERGE_FAMILY,
         ),
         Protocol(
