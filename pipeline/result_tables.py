@@ -124,7 +124,7 @@ def rescue_table(results: pd.DataFrame, suffix: str = "_bias0") -> pd.DataFrame:
         ("all of them", [v for v, _ in pairs], [w for _, w in pairs]),
     ]:
         one, zero = _pooled_runs(results, list(zip(before, after, strict=True)))
-        k1, n1, k0, n0 = int(one["trained"].sum()), len(one), int(zero["trained"].sum()), len(zero)
+        k1, n1, k0, n0 = summary_numbers.trained_counts(one, zero)
         p = statistics.fisher_exact_p_value(k1, n1, k0, n0)
         rows.append(
             {
@@ -139,24 +139,23 @@ def rescue_table(results: pd.DataFrame, suffix: str = "_bias0") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _common_runs(results: pd.DataFrame, variant: str, other: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The rows of two variants on the seeds both ran, each in seed order."""
-    return summary_numbers.on_common_seeds(results[results["variant"] == variant], results[results["variant"] == other])
+def _require_variants(results: pd.DataFrame, *names: str) -> None:
+    for name in names:
+        if name not in set(results["variant"]):
+            raise DataError(f"no variant {name!r} in these results")
 
 
 def _pooled_runs(results: pd.DataFrame, pairs: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows of the first and of the second variant of each pair, each pair on the seeds both ran,
     pooled over the pairs."""
-    kept = [_common_runs(results, a, b) for a, b in pairs]
+    kept = [summary_numbers.variants_on_common_seeds(results, a, b) for a, b in pairs]
     return pd.concat([a for a, _ in kept]), pd.concat([b for _, b in kept])
 
 
 def _on_common_seeds(results: pd.DataFrame, variant: str, reference: str) -> tuple[np.ndarray, np.ndarray]:
     """The test accuracies of two variants on the seeds both ran, aligned by seed."""
-    for name in (variant, reference):
-        if name not in set(results["variant"]):
-            raise DataError(f"no variant {name!r} in these results")
-    a, b = _common_runs(results, variant, reference)
+    _require_variants(results, variant, reference)
+    a, b = summary_numbers.variants_on_common_seeds(results, variant, reference)
     return a["test_accuracy"].to_numpy(dtype=float), b["test_accuracy"].to_numpy(dtype=float)
 
 
@@ -193,10 +192,8 @@ def family_table(protocol: Protocol, results: pd.DataFrame) -> pd.DataFrame:
             )
             if not pairs:
                 raise DataError(f"{comparison.label()}: no variant here has a `_bias0` twin")
-            for v, r in pairs:
-                _on_common_seeds(results, v, r)  # both variants are there
-            one, other = _pooled_runs(results, pairs)
-            k, n, rk, rn = int(one["trained"].sum()), len(one), int(other["trained"].sum()), len(other)
+            _require_variants(results, *(name for pair in pairs for name in pair))
+            k, n, rk, rn = summary_numbers.trained_counts(*_pooled_runs(results, pairs))
             row |= {
                 "seeds": str(n),
                 "result": f"{k}/{n} against {rk}/{rn}",
@@ -217,8 +214,8 @@ def scaling_table(centred: pd.DataFrame, unit: pd.DataFrame) -> pd.DataFrame:
     the variants."""
     rows, p_values = [], []
     for variant in [v for v in dict.fromkeys(centred["variant"]) if v in set(unit["variant"])]:
-        a, b = summary_numbers.on_common_seeds(centred[centred["variant"] == variant], unit[unit["variant"] == variant])
-        k, n, uk, un = int(a["trained"].sum()), len(a), int(b["trained"].sum()), len(b)
+        centred_runs, unit_runs = centred[centred["variant"] == variant], unit[unit["variant"] == variant]
+        k, n, uk, un = summary_numbers.trained_counts(*summary_numbers.on_common_seeds(centred_runs, unit_runs))
         rows.append({"variant": variant, "trained, centred": f"{k}/{n}", "trained, [0, 1]": f"{uk}/{un}"})
         p_values.append(statistics.fisher_exact_p_value(k, n, uk, un))
     for row, p, holm in zip(rows, p_values, statistics.holm(p_values), strict=True):

@@ -206,17 +206,15 @@ def on_common_seeds(one: pd.DataFrame, other: pd.DataFrame) -> tuple[pd.DataFram
     return one.loc[seeds], other.loc[seeds]
 
 
-def _paired(runs: pd.DataFrame, variant: str, baseline: str) -> tuple[np.ndarray, np.ndarray]:
-    """The test accuracies of variant and baseline on the seeds both have, aligned by seed."""
-    a, b = on_common_seeds(runs[runs["variant"] == variant], runs[runs["variant"] == baseline])
-    return a["test_accuracy"].to_numpy(dtype=float), b["test_accuracy"].to_numpy(dtype=float)
+def variants_on_common_seeds(runs: pd.DataFrame, variant: str, other: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs of two variants of one table on the seeds both ran (on_common_seeds)."""
+    return on_common_seeds(runs[runs["variant"] == variant], runs[runs["variant"] == other])
 
 
-def _trained_counts(runs: pd.DataFrame, variant: str, baseline: str) -> tuple[int, int, int, int]:
-    """(runs that trained, runs) of variant and of baseline on the seeds both have: the counts Fisher's
-    exact test compares."""
-    a, b = on_common_seeds(runs[runs["variant"] == variant], runs[runs["variant"] == baseline])
-    return int(a["trained"].sum()), len(a), int(b["trained"].sum()), len(b)
+def trained_counts(one: pd.DataFrame, other: pd.DataFrame) -> tuple[int, int, int, int]:
+    """(runs that trained, runs) of one set of runs and of the other: the counts Fisher's exact test
+    compares."""
+    return int(one["trained"].sum()), len(one), int(other["trained"].sum()), len(other)
 
 
 def summarize(
@@ -242,12 +240,16 @@ def summarize(
     variants = list(dict.fromkeys(runs["variant"]))
     has_baseline = baseline in variants
     compared = [v for v in variants if v != baseline] if has_baseline else []
-    pairs = {v: _paired(runs, v, baseline) for v in compared}  # (variant, baseline) accuracies by seed
+    aligned = {v: variants_on_common_seeds(runs, v, baseline) for v in compared}  # (variant, baseline) runs
+    pairs = {  # (variant, baseline) accuracies, by seed
+        v: (a["test_accuracy"].to_numpy(dtype=float), b["test_accuracy"].to_numpy(dtype=float))
+        for v, (a, b) in aligned.items()
+    }
     comparisons = {v: statistics.paired_comparison(*pairs[v], confidence) for v in compared}
     conditional = {v: statistics.conditional_comparison(*pairs[v], num_classes, confidence) for v in compared}
     adjusted = dict(zip(compared, statistics.holm([comparisons[v].p_value for v in compared]), strict=True))
     adjusted_trained = dict(zip(compared, statistics.holm([conditional[v].p_value for v in compared]), strict=True))
-    fisher = {v: statistics.fisher_exact_p_value(*_trained_counts(runs, v, baseline)) for v in compared}
+    fisher = {v: statistics.fisher_exact_p_value(*trained_counts(*aligned[v])) for v in compared}
     adjusted_fisher = dict(zip(compared, statistics.holm([fisher[v] for v in compared]), strict=True))
     # Holm leaves NaN p-values (fewer than 2 paired seeds) out of m; count the same comparisons here
     m = max(sum(not math.isnan(comparisons[v].p_value) for v in compared), 1)
