@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +166,20 @@ class MlflowServer:
         stop(self.proc)
 
 
+@contextlib.contextmanager
+def cluster_and_server(folder: Path, environment: dict[str, str]) -> Iterator[tuple[LocalCluster, MlflowServer]]:
+    """A head and a worker node, and an MLflow server for them to log to, started side by side and
+    both stopped at the end."""
+    server, cluster = MlflowServer(folder, environment), None
+    try:
+        cluster = LocalCluster(folder, environment).start(workers=1)
+        yield cluster, server.ready()
+    finally:
+        server.stop()
+        if cluster is not None:
+            cluster.stop()
+
+
 def listening() -> tuple[list[str], list[str]]:
     """This namespace's network interfaces and the addresses every listening TCP socket is bound to."""
     import psutil
@@ -219,23 +233,20 @@ def same_numbers(folder: Path) -> dict:
         stage += ["--variant", variant, "--data", str(prepared_dir)]
         stage += [f"--{kind}=in-process/{kind}" for kind in ("models", "metrics", "plots")]
         stages.append(subprocess.Popen(stage, cwd=project, env=environment, stderr=subprocess.PIPE, text=True))
-    for stage in stages:
-        _, errors = stage.communicate(timeout=600)
-        assert stage.returncode == 0, errors
-    server, cluster = MlflowServer(folder, environment), None
     try:
-        cluster = LocalCluster(folder, environment).start(workers=1)
-        server.ready()
+        for stage in stages:
+            _, errors = stage.communicate(timeout=600)
+            assert stage.returncode == 0, errors
+    finally:
+        for stage in stages:
+            stop(stage)  # a no-op for one that exited; the other, when one failed
+    with cluster_and_server(folder, environment) as (cluster, server):
         exposed = listening()
         remote = subprocess.run(
             grid_command("g-cluster", "--address", cluster.address),
             **{**run, "env": {**environment, "MLFLOW_TRACKING_URI": server.url}},
         )
         assert remote.returncode == 0, remote.stderr
-    finally:
-        server.stop()
-        if cluster is not None:
-            cluster.stop()
     return {"interfaces": exposed[0], "listening": exposed[1], "server": server.url}
 
 
@@ -244,10 +255,7 @@ def node_dies(folder: Path) -> dict:
     finished, while others are in flight."""
     project = make_project(folder / "project", steps=1001)  # runs of seconds: one is in flight at the kill
     environment = env(folder / "home")
-    server, cluster = MlflowServer(folder, environment), None
-    try:
-        cluster = LocalCluster(folder, environment).start(workers=1)
-        server.ready()
+    with cluster_and_server(folder, environment) as (cluster, server):
         command = grid_command("g", "--address", cluster.address, "--seeds", "1-2")
         with open(folder / "grid.log", "wb") as log:
             grid = subprocess.Popen(
@@ -264,10 +272,6 @@ def node_dies(folder: Path) -> dict:
             returncode = grid.wait(timeout=600)
         finally:
             stop(grid)
-    finally:
-        server.stop()
-        if cluster is not None:
-            cluster.stop()
     return {
         "returncode": returncode,
         "log": (folder / "grid.log").read_text()[-3000:],
